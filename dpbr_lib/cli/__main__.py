@@ -1,0 +1,3 @@
+from dpbr_lib.cli import main
+
+raise SystemExit(main())
