@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dpbr_lib import __version__
 
 #: Subcommand modules under :mod:`dpbr_lib.cli`, in the order ``dpbr --help`` lists them.
-COMMANDS: tuple[str, ...] = ("book",)
+COMMANDS: tuple[str, ...] = ("book", "rerun", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
