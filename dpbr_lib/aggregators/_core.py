@@ -94,11 +94,13 @@ class _Component:
     resolve: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, n: int, f: int, options: Mapping[str, Any]) -> None:
+    def check(self, n: int, f: int, options: Mapping[str, Any], origin: str = "") -> None:
+        """Raise ``ValueError`` unless n, f meet the condition; ``origin`` says where n came
+        from when an earlier stage changed it."""
         if n < self.min_n(f):
             raise ValueError(
                 f"The {self.name!r} rule needs {self.condition} "
-                f"(n >= {self.min_n(f)} for f = {f}). Got n = {n}, f = {f} instead."
+                f"(n >= {self.min_n(f)} for f = {f}). Got n = {n}{origin}, f = {f} instead."
             )
         if self.extra_check is not None:
             self.extra_check(n, f, options)
@@ -236,9 +238,11 @@ class Aggregator:
         the number of vectors it receives (``ceil(n / s)`` after bucketing) with the same f.
         """
         check_byzantine_count(n, f)
+        origin = ""
         for stage, options in zip(self._stages, self._options, strict=True):
-            stage.check(n, f, options)
-            if isinstance(stage, PreAggregation):
+            stage.check(n, f, options, origin)
+            if isinstance(stage, PreAggregation) and stage.out_n(n, options) != n:
+                origin = f" vectors out of {stage.name!r} (from n = {n} rows)"
                 n = stage.out_n(n, options)
 
     def bound(self, n: int, f: int) -> float | None:
