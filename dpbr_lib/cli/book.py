@@ -1,11 +1,21 @@
-"""``dpbr book``: build the Jupyter Book into ``book/_build/html``."""
+"""``dpbr book``: execute the notebooks and build the Jupyter Book into ``book/_build/html``.
+
+The work happens inside ``jb build`` (the :mod:`dpbr_lib.book_build` Sphinx extension fetches the
+widget JavaScript and executes the notebooks with papermill, reusing unchanged runs); this
+command chooses the profile, runs the build and prints where the HTML is.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from dpbr_lib import book_build
+from dpbr_lib.notebook_runner import PROFILES
 
 
 def repository_root() -> Path:
@@ -16,21 +26,40 @@ def repository_root() -> Path:
     return root
 
 
-def build(root: Path, *, warnings_as_errors: bool = False) -> Path:
-    command = [sys.executable, "-m", "jupyter_book", "build", str(root / "book")]
+def build(
+    book: Path, *, profile: str | None = None, warnings_as_errors: bool = False
+) -> Path:
+    """Run ``jb build`` on ``book`` (profile ``None``: the one ``_config.yml`` names)."""
+    command = [sys.executable, "-m", "jupyter_book", "build", str(book)]
     if warnings_as_errors:
         command += ["-W", "-n", "--keep-going"]
-    subprocess.run(command, check=True, cwd=root)
-    return root / "book" / "_build" / "html"
+    environment = dict(os.environ)
+    if profile is not None:
+        environment[book_build.PROFILE_VARIABLE] = book_build.book_profile(profile)
+    subprocess.run(command, check=True, cwd=book.parent, env=environment)
+    return book / "_build" / "html"
 
 
 def run(args: argparse.Namespace) -> int:
-    html = build(repository_root(), warnings_as_errors=args.strict)
-    print(f"Book built: {html / 'index.html'}")
+    book = Path(args.book) if args.book else repository_root() / "book"
+    if not (book / "_toc.yml").is_file():
+        raise ValueError(
+            f"The 'book' parameter must be a folder with a _toc.yml. Got {str(book)!r} instead."
+        )
+    start = time.perf_counter()
+    html = build(book.resolve(), profile=args.profile, warnings_as_errors=args.strict)
+    print(f"Book built in {time.perf_counter() - start:.0f} s: {html / 'index.html'}")
     return 0
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser("book", help="build the Jupyter Book (HTML)")
-    parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    parser = subcommands.add_parser(
+        "book", help="execute the notebooks (papermill, cached) and build the Jupyter Book"
+    )
+    parser.add_argument(
+        "--profile", choices=PROFILES, default=None,
+        help="notebook profile (default: dpbr_profile in _config.yml, i.e. quick)",
+    )
+    parser.add_argument("--strict", action="store_true", help="treat warnings as errors (-W -n)")
+    parser.add_argument("--book", default=None, help="book folder (default: the checkout's book/)")
     parser.set_defaults(handler=run)

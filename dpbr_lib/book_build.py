@@ -1,0 +1,215 @@
+"""Build the book: fetch the widget JavaScript, execute the notebooks, render with Jupyter Book.
+
+``jb build book/`` loads this module as a Sphinx extension (``_config.yml``,
+``sphinx.extra_extensions``). Before Sphinx reads the table of contents it
+
+1. fetches ``require.js`` and ``@jupyter-widgets/html-manager``'s ``embed-amd.js`` with
+   ``npm pack`` into ``book/_widgets_js/`` (git-ignored, served through ``html_extra_path``), so
+   the sliders work in the static HTML without a CDN — skipped when the files are there;
+2. executes every TOC entry under ``_executed/`` — ``_executed/NAME`` is
+   ``notebooks/NAME.md`` run by papermill with ``profile`` injected — reusing stored runs whose
+   notebook text, parameters and library source are unchanged (:mod:`dpbr_lib.notebook_runner`).
+
+The profile is the ``dpbr_profile`` value of ``_config.yml`` unless the environment variable
+``DPBR_BOOK_PROFILE`` names another (``dpbr book --profile smoke`` sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from dpbr_lib import _validation, notebook_runner
+
+#: Folder under ``book/`` that receives the widget JavaScript (listed in ``html_extra_path``).
+WIDGET_JS_DIR = "_widgets_js"
+#: Where the files land inside the site (Sphinx resolves ``nb_ipywidgets_js`` under ``_static``).
+WIDGET_JS_SITE = "_static/jupyter-widgets"
+#: The npm packages (pinned) and, per package, which files to keep, as
+#: ``member prefix -> target name`` (an empty name keeps the file names under the prefix).
+NPM_PACKAGES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("requirejs", "2.3.8", {"package/require.js": "require.js"}),
+    # embed-amd.js bundles the base and controls widgets of ipywidgets 8; dist/ holds its fonts.
+    ("@jupyter-widgets/html-manager", "1.0.15", {"package/dist/": ""}),
+)
+#: Tells the widget manager to load its fonts from beside itself, not from a CDN.
+ASSETS_SCRIPT = (
+    "window.__jupyter_widgets_assets_path__ = new URL('.', document.currentScript.src).href;\n"
+)
+#: Folder under ``book/`` holding the executed notebooks that the TOC lists.
+EXECUTED_DIR = "_executed"
+#: Folder under ``book/`` holding the notebooks' text form (a link to the top-level notebooks/).
+SOURCE_DIR = "notebooks"
+PROFILE_VARIABLE = "DPBR_BOOK_PROFILE"
+
+
+# --------------------------------------------------------------------------- widget JavaScript
+def widget_js_files(book: Path) -> list[Path]:
+    """The files the site needs for offline widgets (present once :func:`fetch_widget_js` ran)."""
+    site = book / WIDGET_JS_DIR / WIDGET_JS_SITE
+    return [site / "require.js", site / "assets-path.js", site / "embed-amd.js"]
+
+
+def fetch_widget_js(book: Path, *, report=print) -> Path:
+    """Fetch the widget JavaScript with ``npm pack`` into ``book/_widgets_js`` unless present."""
+    site = book / WIDGET_JS_DIR / WIDGET_JS_SITE
+    if all(path.is_file() for path in widget_js_files(book)):
+        return site
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(
+            "npm is needed once to fetch the widget JavaScript "
+            "(Debian: apt-get install -y npm)."
+        )
+    site.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        for package, version, members in NPM_PACKAGES:
+            spec = f"{package}@{version}"
+            report(f"fetching {spec} with npm pack")
+            result = subprocess.run(
+                [npm, "pack", spec, "--pack-destination", scratch, "--silent"],
+                check=True, capture_output=True, text=True, cwd=scratch,
+            )
+            tarball = Path(scratch) / result.stdout.strip().splitlines()[-1]
+            _extract(tarball, members, site)
+    (site / "assets-path.js").write_text(ASSETS_SCRIPT)
+    return site
+
+
+def _extract(tarball: Path, members: dict[str, str], target: Path) -> None:
+    """Copy the tarball's members whose names start with a key to ``target/value...``."""
+    with tarfile.open(tarball) as archive:
+        for member in archive.getmembers():
+            for prefix, rename in members.items():
+                if member.isfile() and member.name.startswith(prefix):
+                    relative = rename or member.name[len(prefix) :]
+                    destination = target / relative
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    source = archive.extractfile(member)
+                    assert source is not None  # a regular file always has content
+                    destination.write_bytes(source.read())
+
+
+# --------------------------------------------------------------------------- notebooks
+def toc_files(book: Path) -> list[str]:
+    """Every ``file:`` entry (and the root) of ``book/_toc.yml``, in order."""
+    toc = yaml.safe_load((book / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                files.append(entry["file"])
+            for key in ("sections", "chapters"):
+                walk(entry.get(key, []))
+            for part in entry.get("parts", []):
+                walk(part.get("chapters", []))
+
+    walk(toc.get("chapters", []) + toc.get("sections", []))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return files
+
+
+def notebook_jobs(book: Path) -> list[tuple[Path, Path]]:
+    """``(text notebook, executed notebook)`` for every TOC entry under ``_executed/``."""
+    jobs = []
+    for entry in toc_files(book):
+        parts = Path(entry).parts
+        if parts[0] != EXECUTED_DIR:
+            continue
+        name = Path(*parts[1:]).with_suffix("")
+        source = book / SOURCE_DIR / name.with_suffix(".md")
+        if not source.is_file():
+            raise ValueError(f"The TOC entry {entry!r} needs the notebook {source}, not found.")
+        jobs.append((source, book / EXECUTED_DIR / name.with_suffix(".ipynb")))
+    return jobs
+
+
+def execute_notebooks(book: Path, profile: str, *, report=print) -> list[Path]:
+    """Execute (or reuse) every notebook of the TOC on ``profile``; cwd is the checkout."""
+    profile = _validation.check_choice("profile", profile, notebook_runner.PROFILES)
+    return notebook_runner.execute_all(
+        notebook_jobs(book), {"profile": profile}, cwd=book.parent, report=report
+    )
+
+
+def book_profile(configured: str) -> str:
+    """The profile for this build: ``$DPBR_BOOK_PROFILE`` if set, else ``configured``."""
+    profile = os.environ.get(PROFILE_VARIABLE) or configured
+    return _validation.check_choice("profile", profile, notebook_runner.PROFILES)
+
+
+# --------------------------------------------------------------------------- Sphinx hooks
+_LITERAL = re.compile(r"(``.*?``|:[a-z:]+:`[^`]*`|`[^`]*`)")
+
+
+def escape_bars(lines: list[str]) -> list[str]:
+    r"""Escape ``|`` outside literals, so plain-text formulas (``|x_i - m|``) stay text.
+
+    The library's docstrings write formulas in plain text; reStructuredText would read
+    ``|...|`` as a substitution reference. Doctest and indented literal blocks are left alone.
+
+    >>> escape_bars(["minimising |x - m| (see ``|y|``)"])
+    ['minimising \\|x - m\\| (see ``|y|``)']
+    """
+    escaped, literal_indent = [], None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None and line.strip() and indent <= literal_indent:
+            literal_indent = None
+        doctest = line.lstrip().startswith((">>>", "..."))
+        if literal_indent is not None or doctest:
+            escaped.append(line)
+        else:
+            parts = _LITERAL.split(line)
+            escaped.append("".join(
+                part if i % 2 else part.replace("|", "\\|") for i, part in enumerate(parts)
+            ))
+        if line.rstrip().endswith("::"):
+            literal_indent = indent
+    return escaped
+
+
+def _process_docstring(app, what, name, obj, options, lines: list[str]) -> None:
+    lines[:] = escape_bars(lines)
+
+
+def _prepare(app, config) -> None:
+    book = Path(app.srcdir)
+    report = _reporter()
+    fetch_widget_js(book, report=report)
+    missing = [
+        path for path in config.nb_ipywidgets_js
+        if "://" not in path and not (book / WIDGET_JS_DIR / "_static" / path).is_file()
+    ]
+    if missing:
+        raise RuntimeError(f"nb_ipywidgets_js lists files the fetch did not provide: {missing}")
+    profile = book_profile(config.dpbr_profile)
+    report(f"executing notebooks on the {profile!r} profile")
+    execute_notebooks(book, profile, report=report)
+
+
+def _reporter():
+    def report(message: str) -> None:
+        print(f"[dpbr] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def setup(app) -> dict:
+    """Sphinx entry point: fetch and execute before the TOC is read; escape docstring bars."""
+    app.setup_extension("sphinx.ext.autodoc")
+    app.add_config_value("dpbr_profile", "quick", "env")
+    # sphinx-external-toc reads the TOC at priority 900: the executed files must exist by then.
+    app.connect("config-inited", _prepare, priority=100)
+    app.connect("autodoc-process-docstring", _process_docstring, priority=600)  # after napoleon
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
