@@ -3,6 +3,7 @@ a brute-force MDA, and cross-checks against the byzfl package."""
 
 from __future__ import annotations
 
+import doctest
 import itertools
 import math
 import re
@@ -256,6 +257,17 @@ def test_average_propagates_nan_and_more_non_finite_rows_than_f_is_an_error():
     assert torch.isnan(A.get("average")(x, 1)).all()
     with pytest.raises(ValueError, match="2 rows with NaN or infinite values, more than f = 1"):
         A.get("median")(torch.cat([x, torch.full((1, 2), math.inf)]), 1)
+
+
+@pytest.mark.parametrize("name", ["nnm+average", "bucketing+average"])
+def test_pre_aggregation_drops_non_finite_rows_even_before_the_average(name):
+    x = torch.cat([X, torch.full((1, 2), math.nan), torch.full((1, 2), -math.inf)])
+    assert torch.isfinite(A.get(name)(x, 3)).all()
+
+
+def test_docstring_examples_run():
+    for module in [A, A._core, A.bounds]:
+        assert doctest.testmod(module, raise_on_error=True).attempted > 0
 
 
 @pytest.mark.parametrize("name", ["trimmed_mean", "mda"])

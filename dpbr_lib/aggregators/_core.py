@@ -98,8 +98,9 @@ class _Component:
         """Raise ``ValueError`` unless n, f meet the condition; ``origin`` says where n came
         from when an earlier stage changed it."""
         if n < self.min_n(f):
+            kind = "pre-aggregation" if isinstance(self, PreAggregation) else "rule"
             raise ValueError(
-                f"The {self.name!r} rule needs {self.condition} "
+                f"The {self.name!r} {kind} needs {self.condition} "
                 f"(n >= {self.min_n(f)} for f = {f}). Got n = {n}{origin}, f = {f} instead."
             )
         if self.extra_check is not None:
@@ -198,8 +199,9 @@ class Aggregator:
     """A rule, optionally behind pre-aggregations, with its options bound: ``agg(gradients, f)``.
 
     Calling it checks the input (2-D, non-empty, floating point, ``f >= 0``, the validity
-    condition of every stage) before any work. Then, for every robust rule, **rows holding a
-    NaN or an infinity are dropped and ``n`` and ``f`` both shrink by their count**: such a row
+    condition of every stage) before any work. Then, for every pipeline but the bare
+    ``average``, **rows holding a NaN or an infinity are dropped and ``n`` and ``f`` both
+    shrink by their count**: such a row
     cannot come from an honest worker, so removing it leaves at most ``f - k`` Byzantine rows
     among ``n - k``, and every validity condition ``n >= a f + b`` (``a >= 1``) still holds.
     More than ``f`` such rows contradict ``f`` and raise ``ValueError``. The plain ``average``
@@ -270,7 +272,7 @@ class Aggregator:
             value = self.options.get(key)
             if value is not None:
                 _check_vector(key, value, gradients)
-        if self._rule.robust:
+        if self._pre or self._rule.robust:
             gradients, f = drop_non_finite_rows(gradients, f)  # [n - k, d]
         for stage, options in zip(self._stages, self._options, strict=True):
             gradients = stage.fn(gradients, f, **options)  # [n', d], then [d]

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from dpbr_lib.aggregators._core import rule
@@ -122,8 +123,12 @@ def mda(gradients: torch.Tensor, f: int) -> torch.Tensor:
     chunk = max(1, MDA_CHUNK_ELEMENTS // pairs)
     subsets = itertools.combinations(range(n), size)
     best_diameter, best_subset = math.inf, None
-    while block := list(itertools.islice(subsets, chunk)):
-        index = torch.tensor(block, device=gradients.device)  # [c, n - f]
+    while True:
+        flat = itertools.chain.from_iterable(itertools.islice(subsets, chunk))
+        block = np.fromiter(flat, dtype=np.int64).reshape(-1, size)  # [c, n - f]
+        if block.shape[0] == 0:
+            break
+        index = torch.from_numpy(block).to(gradients.device)  # [c, n - f]
         if first.numel() == 0:  # a single row per subset: diameter 0
             diameters = distances.new_zeros(index.shape[0])  # [c]
         else:

@@ -36,7 +36,9 @@ def _bucket_count(n: int, options: Mapping[str, Any]) -> int:
     return math.ceil(n / options["bucket_size"])
 
 
-def _bucketing_bound(inner: float | None, n: int, f: int, options: Mapping[str, Any]):
+def _bucketing_bound(
+    inner: float | None, n: int, f: int, options: Mapping[str, Any]
+) -> float | None:
     """A bucket of s honest i.i.d. gradients has the same mean and 1/s of the variance, so
     its VN ratio is 1/sqrt(s) of the workers'; at most f of the ceil(n/s) buckets hold a
     Byzantine row. Hence kappa = sqrt(s_min) * kappa_rule(ceil(n/s), f), with s_min the size
