@@ -5,25 +5,15 @@ import math
 import pytest
 import torch
 
+from dpbr_lib import aggregators
 from dpbr_lib import attacks as A
 
 HONEST = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])  # mean [3, 2], unbiased std [2, 2]
 
 
-def median(gradients, f):
-    return torch.quantile(gradients, 0.5, dim=0)
-
-
-def krum(gradients, f):
-    # Blanchard et al. 2017: score = sum of squared distances to the n - f - 2 nearest others
-    n = gradients.shape[0]
-    dist = torch.cdist(gradients, gradients) ** 2
-    nearest = dist.sort(dim=1).values[:, 1 : n - f - 1]
-    return gradients[nearest.sum(1).argmin()]
-
-
-def average(gradients, f):
-    return gradients.mean(0)
+median = aggregators.get("median")
+krum = aggregators.get("krum")
+average = aggregators.get("average")
 
 
 def random_honest(h=7, d=30, seed=0, dtype=torch.float64):
@@ -156,7 +146,7 @@ def test_line_search_finds_the_maximum_of_a_smooth_objective():
     assert x == 0.0
 
 
-@pytest.mark.parametrize("aggregator", [median, krum])
+@pytest.mark.parametrize("aggregator", [median, krum], ids=["median", "krum"])
 @pytest.mark.parametrize("name", ["little", "empire"])
 def test_line_search_beats_the_fixed_factor(aggregator, name):
     honest = random_honest(h=8, d=20, seed=4)
@@ -166,7 +156,7 @@ def test_line_search_beats_the_fixed_factor(aggregator, name):
     base = A.distance_to_mean(honest, fixed, aggregator, f)
     best = A.distance_to_mean(honest, searched, aggregator, f)
     assert best >= base - 1e-12
-    if aggregator is krum:  # median saturates once the f copies pass the honest extremes
+    if aggregator.name == "krum":  # median saturates once the f copies pass the honest extremes
         assert best > 1.5 * base
     assert torch.equal(searched[0], searched[-1])
 
@@ -197,3 +187,23 @@ def test_declared_f_is_what_the_aggregator_receives():
     # against the plain average, the best ALIE factor is the largest one searched
     out = A.get("little")(HONEST, 2, aggregator=average, max_factor=10.0)
     torch.testing.assert_close(out[0], HONEST.mean(0) + 10.0 * torch.tensor([2.0, 2.0]))
+
+
+def _rules_valid_at(n, f):
+    for name in aggregators.names():
+        rule = aggregators.get(name)
+        try:
+            rule.check(n, f)
+        except ValueError:
+            continue
+        yield name
+
+
+@pytest.mark.parametrize("rule", list(_rules_valid_at(11, 3)))
+def test_line_search_never_loses_to_the_fixed_factor_on_any_rule(rule):
+    agg = aggregators.get(rule)
+    honest = random_honest(h=8, d=20, seed=6)
+    for name in ("little", "empire"):
+        fixed = A.distance_to_mean(honest, A.get(name)(honest, 3, factor=1.5), agg, 3)
+        searched = A.distance_to_mean(honest, A.get(name)(honest, 3, aggregator=agg), agg, 3)
+        assert searched >= fixed - 1e-9
