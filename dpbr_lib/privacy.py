@@ -332,8 +332,10 @@ def epsilon_spent(
 ) -> float:
     """Total ε at ``delta`` of ``steps`` Poisson-subsampled Gaussian steps (Abadi et al. 2016).
 
-    ``noise_multiplier`` is σ/Δ (noise std over the L2 sensitivity, add/remove neighbouring) and
-    ``sampling_rate`` q = b/N. Accountants, all maintained libraries:
+    ``noise_multiplier`` is the noise std over the add/remove sensitivity of the clipped sum, C
+    (equivalently σ/(C/b) for noise σ on the mean), and ``sampling_rate`` q = b/N (Poisson
+    sampling). Passing σ/Δ with the replace-one Δ = 2C/b of :func:`sensitivity` halves the
+    multiplier, so the ε reported is an over-estimate (safe side). Accountants, all maintained:
 
     - ``"rdp"``: dp-accounting ``RdpAccountant`` (Mironov 2017; Mironov, Talwar & Zhang 2019), the
       same numbers as Opacus's ``RDPAccountant``;

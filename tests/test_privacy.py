@@ -216,6 +216,14 @@ def test_randk_is_reproducible_per_row_independent_and_uniform():
     assert torch.allclose(masks.float().mean(0), torch.full((10,), 0.3), atol=0.035)
 
 
+def test_sparsify_survives_non_finite_rows():
+    g = torch.tensor([[float("nan"), 1.0, -3.0, 0.5], [float("inf"), 2.0, 0.1, -0.2]])
+    out = P.sparsify(g, 0.5)
+    assert ((out != 0).sum(-1) == 2).all()
+    assert out[1, 0] == math.inf and out[1, 1] == 2.0
+    assert P.sparsify(g, 0.5, "randk", generator=torch.Generator().manual_seed(0)).shape == g.shape
+
+
 def test_randk_rescale_makes_it_unbiased():
     g = torch.arange(1.0, 9.0).expand(20000, 8)
     out = P.sparsify(g, 0.25, "randk", generator=torch.Generator().manual_seed(8), rescale=True)
