@@ -183,7 +183,7 @@ def _factor_attack(
 
 
 def alie_z_max(n: int, f: int) -> float:
-    """Baruch et al. 2019, Algorithm 3 (Section 3.2): s = ⌊n/2 + 1⌋ − f supporters are needed for a
+    """Baruch et al. 2019, the attack's choice of z: s = ⌊n/2 + 1⌋ − f supporters are needed for a
     majority, and z_max = Φ⁻¹((n − s)/n), the largest shift that still leaves s honest workers
     "further from the mean" than the Byzantine value. ``n`` counts all workers (h + f)."""
     n = check_int("n", n, low=1)
@@ -207,7 +207,7 @@ def little(
     declared_f: int | None = None,
     max_factor: float = 100.0,
 ) -> torch.Tensor:
-    """A little is enough (Baruch, Baruch & Goldberg 2019, Algorithm 3): f copies of μ + z·s.
+    """A little is enough (Baruch, Baruch & Goldberg 2019): f copies of μ + z·s.
 
     μ and s are the coordinate-wise mean and unbiased std of ``honest``; ``negative=True`` sends
     μ − z·s (the reference runs ``factor=1.5, negative=True``). ``factor`` is z; ``None`` without an
@@ -238,7 +238,7 @@ def empire(
     declared_f: int | None = None,
     max_factor: float = 100.0,
 ) -> torch.Tensor:
-    """Fall of empires / inner product manipulation (Xie, Koyejo & Gupta 2019, Section 4):
+    """Fall of empires / inner product manipulation (Xie, Koyejo & Gupta 2019):
     f copies of −ε·μ, so that ⟨μ, aggregate⟩ turns negative. ``factor`` is ε (default 0.1).
 
     Sign convention: Xie et al. and byzfl's ``InnerProductManipulation(tau)`` send −ε·μ. The
@@ -322,7 +322,7 @@ def mimic(
     *,
     index: int | str = 0,
 ) -> torch.Tensor:
-    """Mimic (Karimireddy, He & Jaggi 2022, Section 5): all f Byzantine workers copy one honest
+    """Mimic (Karimireddy, He & Jaggi 2022, ICLR): all f Byzantine workers copy one honest
     worker, over-representing it so that heterogeneous honest data are under-weighted.
 
     ``index`` is that worker (default 0, byzfl's ``Mimic(epsilon=0)``), or ``"auto"``: the

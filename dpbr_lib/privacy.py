@@ -161,7 +161,7 @@ def clip_batch_gradient(g: torch.Tensor, clip: float) -> torch.Tensor:
 def sensitivity(clip: float, batch_size: int) -> float:
     """L2 sensitivity Δ = 2C/b of the mean of b per-sample-clipped gradients.
 
-    Guerraoui et al. 2021, Section 3 (replace-one neighbouring batches: two clipped gradients
+    Guerraoui et al. 2021 (replace-one neighbouring batches: two clipped gradients
     differ by at most 2C, divided by b in the mean).
     """
     clip = check_float("clip", clip, low=0.0, low_open=True)

@@ -10,7 +10,7 @@ rule's bound κ(n, f) (``aggregators.get(gar).bound(n, f)``).
 Symbols: d parameters, σ₁² = E‖g_i − ∇Q‖² the per-sample gradient variance (trace), G = ‖∇Q‖,
 s₁ = the noise std at b = 1 (σ is linear in Δ for both mechanisms, so s = s₁/b).
 
-- :func:`vn_ratio`: √(σ₁²/b + d·s²)/G (Guerraoui et al. 2021, Section 4).
+- :func:`vn_ratio`: √(σ₁²/b + d·s²)/G (Guerraoui et al. 2021).
 - :func:`min_batch_size`: smallest b with VN ≤ κ; solving σ₁²/b + d s₁²/b² ≤ κ²G² gives
   b* = (σ₁² + √(σ₁⁴ + 4 d s₁² κ² G²)) / (2 κ² G²); the noise term alone (σ₁ = 0) gives
   b* = √d·s₁/(κG), and with the classic mechanism and G = C,
@@ -65,7 +65,13 @@ def _integer(name: str, value: ArrayLike, low: int) -> np.ndarray:
         ):
             arr = arr.astype(np.int64)
         else:
-            check_int(name, arr.flat[0].item() if arr.size else value, low=low)
+            flat = arr.reshape(-1)
+            bad = [
+                v
+                for v in flat.tolist()
+                if not (isinstance(v, (int, float)) and float(v).is_integer())
+            ]
+            check_int(name, bad[0] if bad else value, low=low)
             raise TypeError(f"The {name!r} parameter must hold integers. Got {value!r} instead.")
     if (arr < low).any():
         check_int(name, int(arr[arr < low].flat[0]), low=low)
@@ -124,7 +130,7 @@ def vn_ratio(
     d: ArrayLike,
     noise_std: ArrayLike,
 ) -> np.ndarray | float:
-    """VN ratio of a honest DP gradient, √(σ₁²/b + d·s²)/‖g‖ (Guerraoui et al. 2021, Section 4).
+    """VN ratio of a honest DP gradient, √(σ₁²/b + d·s²)/‖g‖ (Guerraoui et al. 2021).
 
     ``sigma_sample`` is σ₁ (the per-sample gradient std, √ of the trace of the covariance),
     ``noise_std`` the per-coordinate DP noise std s; the two noises are independent, so their
@@ -223,7 +229,7 @@ def min_batch_size(
     Closed form (solve σ₁²/b + d·s₁²/b² ≤ κ²G² for 1/b, s₁ the noise std at b = 1):
     b* = (σ₁² + √(σ₁⁴ + 4·d·s₁²·κ²·G²)) / (2·κ²·G²), then ⌈b*⌉ (``integer=False`` returns b*).
     Noise term alone, classic mechanism, G = C: b* = 2·√(2·d·ln(1.25/δ))/(ε·κ) — the bound of
-    Guerraoui et al. 2021 (Section 4: b must grow like √d/ε for the VN condition to hold),
+    Guerraoui et al. 2021 (b must grow like √d/ε for the VN condition to hold),
     derived here from s₁ = 2C·√(2 ln(1.25/δ))/ε: √d·s₁/(κC) = 2√d·√(2 ln(1.25/δ))/(εκ).
 
     ``grad_norm`` G defaults to C, the largest gradient norm clipping lets through, hence the
