@@ -16,6 +16,7 @@ The profile is the ``dpbr_profile`` value of ``_config.yml`` unless the environm
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import types
 from pathlib import Path
 
 import yaml
@@ -183,6 +185,76 @@ def _process_docstring(app, what, name, obj, options, lines: list[str]) -> None:
     lines[:] = escape_bars(lines)
 
 
+def python_object(target: str, module: str | None) -> object | None:
+    """What ``target`` names in ``module``'s namespace (or as an absolute dotted path).
+
+    Docstrings write names the way the module's code sees them (``privacy.gaussian_sigma`` in
+    :mod:`dpbr_lib.theory`, an imported ``config_hash``); ``None`` if the name exists nowhere.
+
+    >>> python_object("privacy.gaussian_sigma", "dpbr_lib.theory").__name__
+    'gaussian_sigma'
+    >>> python_object("no_such_name", "dpbr_lib.theory") is None
+    True
+    """
+    parts = target.split(".")
+    starts = [(module, parts)] if module else []
+    starts += [(".".join(parts[:i]), parts[i:]) for i in range(len(parts), 0, -1)]
+    for start, rest in starts:
+        try:
+            obj = importlib.import_module(start)
+        except ImportError:
+            continue
+        try:
+            for part in rest:
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    return None
+
+
+def _package_object(name: str) -> object | None:
+    """The object a bare ``name`` is bound to in some loaded module of :mod:`dpbr_lib`."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] == "dpbr_lib" and hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+def _missing_reference(app, env, node, contnode):
+    """Resolve a Python cross-reference the way the docstring's code resolves the name.
+
+    In order: the name in the docstring's module namespace (``privacy.gaussian_sigma`` in
+    :mod:`dpbr_lib.theory`, an imported class) linked to where it is documented; else the one
+    documented object whose dotted name ends with it; else, if the name exists in the code but
+    is not documented (a private helper, a type alias), plain code. A name that exists nowhere
+    is left to Sphinx, which reports it (``-n`` makes that an error).
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target, domain = node["reftarget"], env.get_domain("py")
+    obj = python_object(target, node.get("py:module"))
+    if obj is None and "." not in target:
+        obj = _package_object(target)
+    if isinstance(obj, types.ModuleType):
+        candidates = [obj.__name__]
+    else:
+        owner, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        candidates = [f"{owner}.{name}"] if owner and name else []
+    fuzzy = domain.find_obj(env, None, None, target, None, 1)
+    if len(fuzzy) == 1:
+        candidates.append(fuzzy[0][0])
+    for candidate in candidates:
+        if candidate == target:
+            continue
+        matches = domain.resolve_any_xref(
+            env, node["refdoc"], app.builder, candidate, node, contnode
+        )
+        if matches:
+            return matches[0][1]
+    return None if obj is None else contnode
+
+
 def _prepare(app, config) -> None:
     book = Path(app.srcdir)
     report = _reporter()
@@ -212,4 +284,5 @@ def setup(app) -> dict:
     # sphinx-external-toc reads the TOC at priority 900: the executed files must exist by then.
     app.connect("config-inited", _prepare, priority=100)
     app.connect("autodoc-process-docstring", _process_docstring, priority=600)  # after napoleon
+    app.connect("missing-reference", _missing_reference)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -26,17 +26,24 @@ def repository_root() -> Path:
     return root
 
 
+class BuildError(RuntimeError):
+    """``jb build`` exited with an error (its own messages say why)."""
+
+
 def build(
     book: Path, *, profile: str | None = None, warnings_as_errors: bool = False
 ) -> Path:
     """Run ``jb build`` on ``book`` (profile ``None``: the one ``_config.yml`` names)."""
-    command = [sys.executable, "-m", "jupyter_book", "build", str(book)]
+    jb = "from jupyter_book.cli.main import main; main()"
+    command = [sys.executable, "-c", jb, "build", str(book)]
     if warnings_as_errors:
         command += ["-W", "-n", "--keep-going"]
     environment = dict(os.environ)
     if profile is not None:
         environment[book_build.PROFILE_VARIABLE] = book_build.book_profile(profile)
-    subprocess.run(command, check=True, cwd=book.parent, env=environment)
+    result = subprocess.run(command, cwd=book.parent, env=environment)
+    if result.returncode:
+        raise BuildError(f"jb build {book} failed with exit code {result.returncode}.")
     return book / "_build" / "html"
 
 
@@ -47,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
             f"The 'book' parameter must be a folder with a _toc.yml. Got {str(book)!r} instead."
         )
     start = time.perf_counter()
-    html = build(book.resolve(), profile=args.profile, warnings_as_errors=args.strict)
+    try:
+        html = build(book.resolve(), profile=args.profile, warnings_as_errors=args.strict)
+    except BuildError as error:
+        print(f"dpbr book: error: {error} See the messages above.", file=sys.stderr)
+        return 1
     print(f"Book built in {time.perf_counter() - start:.0f} s: {html / 'index.html'}")
     return 0
 

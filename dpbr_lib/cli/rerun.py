@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     root = repository_root()
     source = resolve_notebook(args.notebook, root)
+    if args.list_parameters:
+        declared = notebook_runner.declared_parameters(notebook_runner.read_notebook(source))
+        for item in declared.values():
+            print(f"{item.name}: {item.annotation} = {item.default!r}  # {item.comment}")
+        return 0
     names = [name for name, _ in args.parameter]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
@@ -58,5 +63,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--cwd", default=None, help="working directory of the kernel (default: the checkout)"
+    )
+    parser.add_argument(
+        "--list-parameters", action="store_true", help="print the notebook's parameters and exit"
     )
     parser.set_defaults(handler=run)
