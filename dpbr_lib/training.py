@@ -118,7 +118,8 @@ def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over classes of (softmax(output) − one_hot(target))², the reference's sigmoid-MSE
     for two classes (see :class:`dpbr_lib.models.Logit`)."""
-    onehot = F.one_hot(target, output.shape[-1]).to(output.dtype)  # [B, classes]
+    classes = torch.arange(output.shape[-1], device=output.device)  # [classes]
+    onehot = (target.unsqueeze(-1) == classes).to(output.dtype)  # [B, classes]; vmap-safe
     return (output.softmax(dim=-1) - onehot).square().mean()
 
 

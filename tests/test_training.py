@@ -170,6 +170,9 @@ def test_mse_loss_is_the_reference_sigmoid_mse_for_two_classes():
     p = torch.sigmoid(z[:, 1] - z[:, 0])  # the reference's one-output sigmoid
     expected = ((p - y.float()) ** 2).mean()
     assert float(training.LOSSES.get("mse")(z, y)) == pytest.approx(float(expected))
+    logit = train({"model": "logit", "steps": 3, "eval_every": 3})  # through torch.func.vmap
+    assert logit.config["loss"] == "mse" and logit.summary["d"] == 65 * 10
+    assert math.isfinite(logit.summary["final_test_loss"])
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -276,7 +279,8 @@ def test_line_searched_attack_runs():
 def test_cli_trains_and_writes_a_record(tmp_path, capsys):
     status = main(
         ["train", "--steps", "2", "--width", "2", "--rule", "mda", "--attack", "little",
-         "--epsilon", "0.5", "--batch-size", "10", "--quiet", "--results", str(tmp_path)]
+         "--epsilon", "0.5", "--batch-size", "10", "--quiet", "--threads", "1",
+         "--results", str(tmp_path)]
     )  # fmt: skip
     assert status == 0
     out = capsys.readouterr().out

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dpbr_lib.training import TrainConfig, field_help, train
 
 _NONE = "none"
@@ -81,6 +83,10 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # ValueError: one line, exit 2
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"The '--threads' option must be >= 1. Got {args.threads} instead.")
+        torch.set_num_threads(args.threads)  # this process only; the numbers do not change
     result = train(config, progress=not args.quiet, data_dir=args.data_dir, download=args.download)
     print(summary_line(result.summary))
     if args.results is not None:
@@ -102,5 +108,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--download", action="store_true", help="allow downloading a missing data set"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads (default: torch's choice; 1 is fastest on a shared machine)",
+    )
     add_config_options(parser)
     parser.set_defaults(handler=run)
