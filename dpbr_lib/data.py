@@ -21,6 +21,7 @@ put them and that ``digits`` works offline.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import urllib.request
@@ -106,7 +107,7 @@ def load_dataset(
 ) -> Dataset:
     """Load the data set ``name`` (see :func:`names`) as in-memory tensors.
 
-    ``data_dir`` holds the files of the downloadable sets (default ``~/.cache/dpbr/data``);
+    ``data_dir`` holds the files of the downloadable sets (default :func:`default_data_dir`);
     ``download`` allows fetching them; ``seed`` fixes the train/test split of the sets that have
     no official one (digits, phishing).
     """
@@ -122,8 +123,15 @@ def load_dataset(
 # Helpers
 
 
+#: Environment variable naming the default data folder (read when a loader needs a folder).
+DATA_DIR_VARIABLE = "DPBR_DATA_DIR"
+
+
 def default_data_dir() -> Path:
-    return Path.home() / ".cache" / "dpbr" / "data"
+    """``$DPBR_DATA_DIR`` if set (so sweep workers on other machines find the files), else
+    ``~/.cache/dpbr/data``."""
+    value = os.environ.get(DATA_DIR_VARIABLE)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "dpbr" / "data"
 
 
 def _unavailable(name: str, root: Path, files: str, download: bool, cause: object) -> NoReturn:

@@ -62,6 +62,13 @@ def test_missing_files_raise_one_clear_error(tmp_path, name):
     assert isinstance(info.value, ValueError)  # the CLI turns it into one line and exit 2
 
 
+def test_default_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_VARIABLE, str(tmp_path))
+    assert data.default_data_dir() == tmp_path
+    with pytest.raises(data.DatasetUnavailableError, match=str(tmp_path)):
+        data.load_dataset("phishing")
+
+
 def test_failed_download_is_reported_without_a_partial_file(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
