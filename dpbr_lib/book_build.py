@@ -3,9 +3,10 @@
 ``jb build book/`` loads this module as a Sphinx extension (``_config.yml``,
 ``sphinx.extra_extensions``). Before Sphinx reads the table of contents it
 
-1. fetches ``require.js`` and ``@jupyter-widgets/html-manager``'s ``embed-amd.js`` with
-   ``npm pack`` into ``book/_widgets_js/`` (git-ignored, served through ``html_extra_path``), so
-   the sliders work in the static HTML without a CDN — skipped when the files are there;
+1. fetches ``require.js``, ``@jupyter-widgets/html-manager``'s ``embed-amd.js`` and MathJax
+   with ``npm pack`` into ``book/_widgets_js/`` (git-ignored, served through
+   ``html_extra_path``), so the sliders and equations work in the static HTML without a CDN —
+   skipped when the files are there;
 2. executes every TOC entry under ``_executed/`` — ``_executed/NAME`` is
    ``notebooks/NAME.md`` run by papermill with ``profile`` injected — reusing stored runs whose
    notebook text, parameters and library source are unchanged (:mod:`dpbr_lib.notebook_runner`).
@@ -16,6 +17,7 @@ The profile is the ``dpbr_profile`` value of ``_config.yml`` unless the environm
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 import re
@@ -31,20 +33,34 @@ import yaml
 
 from dpbr_lib import _validation, notebook_runner
 
-#: Folder under ``book/`` that receives the widget JavaScript (listed in ``html_extra_path``).
+#: Folder under ``book/`` that receives the fetched JavaScript (listed in ``html_extra_path``);
+#: its ``_static/`` lands in the site's ``_static/``, where Sphinx resolves relative script paths.
 WIDGET_JS_DIR = "_widgets_js"
-#: Where the files land inside the site (Sphinx resolves ``nb_ipywidgets_js`` under ``_static``).
-WIDGET_JS_SITE = "_static/jupyter-widgets"
-#: The npm packages (pinned) and, per package, which files to keep, as
-#: ``member prefix -> target name`` (an empty name keeps the file names under the prefix).
-NPM_PACKAGES: tuple[tuple[str, str, dict[str, str]], ...] = (
-    ("requirejs", "2.3.8", {"package/require.js": "require.js"}),
-    # embed-amd.js bundles the base and controls widgets of ipywidgets 8; dist/ holds its fonts.
-    ("@jupyter-widgets/html-manager", "1.0.15", {"package/dist/": ""}),
+#: The npm packages (pinned): ``(name, version, {member: path under _static/}, skipped)``; a
+#: member ending in ``/`` copies everything below it but the ``skipped`` patterns.
+NPM_PACKAGES: tuple[tuple[str, str, dict[str, str], tuple[str, ...]], ...] = (
+    ("requirejs", "2.3.8", {"package/require.js": "jupyter-widgets/require.js"}, ()),
+    # embed-amd.js bundles the base and controls widgets of ipywidgets 8; dist/ holds its fonts
+    # (and the CommonJS bundles and source maps, which the pages do not load).
+    ("@jupyter-widgets/html-manager", "1.0.15", {"package/dist/": "jupyter-widgets/"},
+     ("*.map", "*/embed.js", "*/libembed-amd.js")),
+    # The equations: the combined TeX component, its fonts, extensions and menu.
+    ("mathjax", "3.2.2", {
+        "package/es5/tex-mml-chtml.js": "mathjax/tex-mml-chtml.js",
+        **{f"package/es5/{part}/": f"mathjax/{part}/"
+           for part in ("output/chtml", "input/tex", "ui", "a11y")},
+    }, ()),
 )
-#: Tells the widget manager to load its fonts from beside itself, not from a CDN.
+#: Our one line of JavaScript: the widget manager loads its fonts from beside itself, not a CDN.
 ASSETS_SCRIPT = (
     "window.__jupyter_widgets_assets_path__ = new URL('.', document.currentScript.src).href;\n"
+)
+#: The script files the pages load (``nb_ipywidgets_js`` and ``mathjax_path``), under _static/.
+SITE_SCRIPTS = (
+    "jupyter-widgets/require.js",
+    "jupyter-widgets/assets-path.js",
+    "jupyter-widgets/embed-amd.js",
+    "mathjax/tex-mml-chtml.js",
 )
 #: Folder under ``book/`` holding the executed notebooks that the TOC lists.
 EXECUTED_DIR = "_executed"
@@ -53,27 +69,29 @@ SOURCE_DIR = "notebooks"
 PROFILE_VARIABLE = "DPBR_BOOK_PROFILE"
 
 
-# --------------------------------------------------------------------------- widget JavaScript
-def widget_js_files(book: Path) -> list[Path]:
-    """The files the site needs for offline widgets (present once :func:`fetch_widget_js` ran)."""
-    site = book / WIDGET_JS_DIR / WIDGET_JS_SITE
-    return [site / "require.js", site / "assets-path.js", site / "embed-amd.js"]
+# --------------------------------------------------------------------------- site JavaScript
+def site_scripts(book: Path) -> list[Path]:
+    """The script files the pages load (present once :func:`fetch_site_js` ran)."""
+    return [book / WIDGET_JS_DIR / "_static" / name for name in SITE_SCRIPTS]
 
 
-def fetch_widget_js(book: Path, *, report=print) -> Path:
-    """Fetch the widget JavaScript with ``npm pack`` into ``book/_widgets_js`` unless present."""
-    site = book / WIDGET_JS_DIR / WIDGET_JS_SITE
-    if all(path.is_file() for path in widget_js_files(book)):
-        return site
+def fetch_site_js(book: Path, *, report=print) -> Path:
+    """Fetch the widget and MathJax JavaScript with ``npm pack`` unless already present.
+
+    Returns the folder listed in ``html_extra_path`` (``book/_widgets_js``).
+    """
+    folder = book / WIDGET_JS_DIR
+    if all(path.is_file() for path in site_scripts(book)):
+        return folder
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError(
-            "npm is needed once to fetch the widget JavaScript "
+            "npm is needed once to fetch the widget and math JavaScript "
             "(Debian: apt-get install -y npm)."
         )
-    site.mkdir(parents=True, exist_ok=True)
+    static = folder / "_static"
     with tempfile.TemporaryDirectory() as scratch:
-        for package, version, members in NPM_PACKAGES:
+        for package, version, members, skipped in NPM_PACKAGES:
             spec = f"{package}@{version}"
             report(f"fetching {spec} with npm pack")
             result = subprocess.run(
@@ -81,23 +99,30 @@ def fetch_widget_js(book: Path, *, report=print) -> Path:
                 check=True, capture_output=True, text=True, cwd=scratch,
             )
             tarball = Path(scratch) / result.stdout.strip().splitlines()[-1]
-            _extract(tarball, members, site)
-    (site / "assets-path.js").write_text(ASSETS_SCRIPT)
-    return site
+            _extract(tarball, members, skipped, static)
+    (static / "jupyter-widgets" / "assets-path.js").write_text(ASSETS_SCRIPT)
+    return folder
 
 
-def _extract(tarball: Path, members: dict[str, str], target: Path) -> None:
-    """Copy the tarball's members whose names start with a key to ``target/value...``."""
+def _extract(
+    tarball: Path, members: dict[str, str], skipped: tuple[str, ...], static: Path
+) -> None:
+    """Copy the tarball's ``members`` (file, or folder ending in ``/``) below ``static``."""
     with tarfile.open(tarball) as archive:
         for member in archive.getmembers():
-            for prefix, rename in members.items():
-                if member.isfile() and member.name.startswith(prefix):
-                    relative = rename or member.name[len(prefix) :]
-                    destination = target / relative
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    source = archive.extractfile(member)
-                    assert source is not None  # a regular file always has content
-                    destination.write_bytes(source.read())
+            if not member.isfile() or any(fnmatch.fnmatch(member.name, p) for p in skipped):
+                continue
+            for source, target in members.items():
+                if member.name == source:
+                    destination = static / target
+                elif source.endswith("/") and member.name.startswith(source):
+                    destination = static / target / member.name[len(source) :]
+                else:
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                content = archive.extractfile(member)
+                assert content is not None  # a regular file always has content
+                destination.write_bytes(content.read())
 
 
 # --------------------------------------------------------------------------- notebooks
@@ -258,13 +283,13 @@ def _missing_reference(app, env, node, contnode):
 def _prepare(app, config) -> None:
     book = Path(app.srcdir)
     report = _reporter()
-    fetch_widget_js(book, report=report)
-    missing = [
-        path for path in config.nb_ipywidgets_js
-        if "://" not in path and not (book / WIDGET_JS_DIR / "_static" / path).is_file()
-    ]
-    if missing:
-        raise RuntimeError(f"nb_ipywidgets_js lists files the fetch did not provide: {missing}")
+    fetch_site_js(book, report=report)
+    loaded = [*config.nb_ipywidgets_js, config.mathjax_path]
+    if sorted(loaded) != sorted(SITE_SCRIPTS):
+        raise RuntimeError(
+            f"_config.yml loads {loaded} (nb_ipywidgets_js, mathjax_path); the build serves "
+            f"{list(SITE_SCRIPTS)}: make them agree, or pages would fetch scripts from a CDN."
+        )
     profile = book_profile(config.dpbr_profile)
     report(f"executing notebooks on the {profile!r} profile")
     execute_notebooks(book, profile, report=report)
