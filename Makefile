@@ -30,4 +30,4 @@ lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
 
 clean:
-	rm -rf book/_build _executed
+	rm -rf book/_build book/_executed _executed
