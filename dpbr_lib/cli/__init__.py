@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dpbr_lib import __version__
 
 #: Subcommand modules under :mod:`dpbr_lib.cli`, in the order ``dpbr --help`` lists them.
-COMMANDS: tuple[str, ...] = ("book", "rerun", "train")
+COMMANDS: tuple[str, ...] = ("book", "plot", "reconstruct", "rerun", "sweep", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

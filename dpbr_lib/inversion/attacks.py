@@ -1,0 +1,393 @@
+"""Gradient inversion: DLG, iDLG and Inverting Gradients.
+
+The server (the attacker) holds the model θ and one shared gradient g* (``target``, flat
+``Tensor[d]``). It draws dummy images x̂ (and, for DLG, dummy soft labels ŷ) and optimises them
+until their gradient matches g*:
+
+- **DLG**, Zhu et al. 2019, "Deep leakage from gradients", Algorithm 1:
+  min_{x̂, ŷ} ‖∇θ CE(f(x̂), softmax(ŷ)) − g*‖², by L-BFGS (lr 1, 300 iterations in their code),
+  x̂ and ŷ drawn from N(0, 1).
+- **iDLG**, Zhao et al. 2020, "iDLG: improved deep leakage from gradients", Section 3: the label
+  is read from the last layer's weight gradient — with non-negative features h,
+  ∂CE/∂W_c = (p_c − y_c)·h, so only the true class's row is negative — then DLG on x̂ alone. For a
+  batch of B distinct labels the B most negative rows are taken (the batch extension of Yin et
+  al. 2021, "See through gradients", Section 3.2, on row sums).
+- **Inverting Gradients**, Geiping et al. 2020, Section 4, Eq. (4) and their ``inversefed``:
+  min_x 1 − ⟨∇θL(x, y), g*⟩ / (‖∇θL(x, y)‖‖g*‖) + α·TV(x), by Adam (lr 0.1) on the *sign* of
+  the gradient of x, x boxed to the data range after every step, lr × 0.1 at 3/8, 5/8 and 7/8 of
+  the iterations, several restarts keeping the one of least gradient distance. Like inversefed the
+  dummy lives in the model's normalised coordinates (its :class:`~.models.Normalize` layer).
+
+A diverging run (a NaN or Inf loss, a known failure of DLG with L-BFGS) is detected at the step
+where it happens and restarted from a fresh draw (DLG: learning rate × ``retry_lr_factor``); when
+every attempt diverges :class:`DivergenceError` is raised — never a NaN image.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dpbr_lib._registry import Registry
+from dpbr_lib._validation import check_float, check_int
+from dpbr_lib.inversion.defenses import NO_DEFENSE, Defense
+from dpbr_lib.inversion.gradients import check_target, observable_gradient, parameter_slices
+from dpbr_lib.inversion.models import Normalize, last_linear
+
+
+class DivergenceError(RuntimeError):
+    """Every attempt of a reconstruction ended in a NaN/Inf loss."""
+
+
+@dataclass(frozen=True)
+class DLGConfig:
+    """L-BFGS gradient matching (DLG, iDLG). Defaults: Zhu et al. 2019's code."""
+
+    steps: int = 300  # optimizer.step calls (DLG: 300 iterations)
+    lr: float = 1.0  # L-BFGS step size (DLG and iDLG code: 1)
+    max_iter: int = 20  # L-BFGS inner iterations per step (torch default, as in DLG)
+    history_size: int = 100  # L-BFGS memory (torch default)
+    tol: float = 5e-9  # stop once ‖g − g*‖² < tol·‖g*‖² (iDLG's 1e-6 at ‖g*‖² ≈ 200)
+    patience: int | None = None  # stop after this many steps without 0.1 % improvement
+    retries: int = 3  # fresh attempts after a divergence
+    retry_lr_factor: float = 0.5  # lr multiplier for each retry
+    log_every: int = 10  # record the loss / update the progress bar every k steps
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_int("max_iter", self.max_iter, low=1)
+        check_int("history_size", self.history_size, low=1)
+        check_float("tol", self.tol, low=0.0)
+        if self.patience is not None:
+            check_int("patience", self.patience, low=1)
+        check_int("retries", self.retries, low=0)
+        check_float("retry_lr_factor", self.retry_lr_factor, low=0.0, high=1.0, low_open=True)
+        check_int("log_every", self.log_every, low=1)
+
+
+@dataclass(frozen=True)
+class IGConfig:
+    """Inverting Gradients. Defaults: Geiping et al. 2020's 100-image CIFAR-100 run."""
+
+    iterations: int = 24_000  # Adam steps per restart
+    restarts: int = 4  # independent trials; the one of least gradient distance is kept
+    lr: float = 0.1  # Adam step size, in normalised pixel units
+    tv: float = 1e-2  # weight α of the total-variation prior
+    signed: bool = True  # Adam on sign(∇x)
+    boxed: bool = True  # project x to [0, 1] after every step
+    milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8)  # lr × gamma at these fractions
+    gamma: float = 0.1
+    retries: int = 2  # extra trials when a trial diverges
+    log_every: int = 100  # record the loss / update the progress bar every k iterations
+
+    def __post_init__(self) -> None:
+        check_int("iterations", self.iterations, low=1)
+        check_int("restarts", self.restarts, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_float("tv", self.tv, low=0.0)
+        check_float("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
+        for m in self.milestones:
+            check_float("milestones", m, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int("retries", self.retries, low=0)
+        check_int("log_every", self.log_every, low=1)
+
+
+@dataclass
+class Reconstruction:
+    """What an attack recovered, and how the optimisation went."""
+
+    attack: str
+    images: torch.Tensor  # [B, C, H, W], finite, clipped to [0, 1]
+    labels: torch.Tensor  # [B] recovered (or given) labels
+    loss: float  # final gradient distance of the kept trial
+    history: list[tuple[int, float]]  # (iteration, loss) of the kept trial, every log_every
+    trial_losses: list[float] = field(default_factory=list)  # NaN for a diverged trial
+    diverged: int = 0  # trials that ended in NaN/Inf and were restarted
+    seconds: float = 0.0  # wall time of the whole attack
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV of inversefed: mean |horizontal diff| + mean |vertical diff|."""
+    dx = (x[:, :, :, :-1] - x[:, :, :, 1:]).abs().mean()
+    dy = (x[:, :, :-1, :] - x[:, :, 1:, :]).abs().mean()
+    return dx + dy
+
+
+def l2_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖g − g*‖² (DLG)."""
+    return (g - target).pow(2).sum()
+
+
+def cosine_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − cos(g, g*) over the whole flat gradient (Inverting Gradients, Eq. 4)."""
+    return 1.0 - (g * target).sum() / (g.norm() * target.norm())
+
+
+def infer_labels(model: nn.Module, target: torch.Tensor, num_images: int = 1) -> torch.Tensor:
+    """iDLG's analytic labels: the ``num_images`` classes whose last-layer weight-gradient rows
+    have the most negative sums (for one image, the argmin; distinct labels in a batch)."""
+    target = check_target(model, target)
+    name, head = last_linear(model)
+    num_images = check_int("num_images", num_images, low=1, high=head.out_features)
+    rows = target[parameter_slices(model)[f"{name}.weight"]].view_as(head.weight)  # [K, F]
+    return torch.argsort(rows.sum(dim=1))[:num_images]  # [B]
+
+
+def _check_labels(model: nn.Module, labels: torch.Tensor | None, num_images: int) -> None:
+    if labels is None:
+        return
+    classes = last_linear(model)[1].out_features
+    if not isinstance(labels, torch.Tensor) or labels.shape != (num_images,) or (
+        labels.is_floating_point()
+    ):
+        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(
+            f"The 'labels' parameter must be an integer tensor of shape ({num_images},). "
+            f"Got {got} instead."
+        )
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(
+            f"The 'labels' parameter must hold classes in [0, {classes}). "
+            f"Got {labels.tolist()} instead."
+        )
+
+
+def _progress(total: int, desc: str, show: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def _matching_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor,
+    defense: Defense,
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    create_graph: bool = True,
+) -> torch.Tensor:
+    dummy = observable_gradient(model, x, labels, clip=defense.clip, create_graph=create_graph)
+    return distance(defense.emulate(dummy, target), target)
+
+
+def _dlg_attempt(
+    model: nn.Module,
+    target: torch.Tensor,
+    x: torch.Tensor,
+    soft: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    lr: float,
+    config: DLGConfig,
+    defense: Defense,
+    bar: tqdm,
+) -> tuple[float, list[tuple[int, float]]]:
+    """One L-BFGS run from the draw ``x`` (and ``soft``); returns (final loss, history).
+
+    A NaN/Inf loss ends the run at once; the caller sees it in the final loss."""
+    leaves = [x] if soft is None else [x, soft]
+    optimizer = torch.optim.LBFGS(
+        leaves, lr=lr, max_iter=config.max_iter, history_size=config.history_size
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        y = labels if soft is None else soft.softmax(dim=-1)  # [B] or [B, K]
+        loss = _matching_loss(model, x, y, target, defense, l2_distance)
+        loss.backward(inputs=leaves)
+        return loss.detach()
+
+    history: list[tuple[int, float]] = []
+    best, since_best, step = math.inf, 0, 0
+    stop = config.tol * float(target.pow(2).sum())  # relative tolerance, any gradient scale
+    for step in range(config.steps):
+        value = float(optimizer.step(closure))  # L-BFGS synchronises on its loss anyway
+        if not math.isfinite(value):
+            return value, history
+        if step % config.log_every == 0:
+            history.append((step, value))
+            bar.set_postfix(loss=f"{value:.3e}", refresh=False)
+            bar.update(step + 1 - bar.n)
+        if value < best * (1 - 1e-3):
+            best, since_best = value, 0
+        else:
+            since_best += 1
+        if value < stop or (config.patience and since_best >= config.patience):
+            break
+    if not bool(torch.isfinite(x).all()):
+        return math.nan, history
+    y = labels if soft is None else soft.detach().softmax(dim=-1)
+    final = float(_matching_loss(model, x, y, target, defense, l2_distance, create_graph=False))
+    history.append((step + 1, final))
+    return final, history
+
+
+def dlg(
+    model: nn.Module,
+    target: torch.Tensor,
+    *,
+    num_images: int = 1,
+    labels: torch.Tensor | None = None,
+    config: DLGConfig | None = None,
+    defense: Defense = NO_DEFENSE,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    name: str = "dlg",
+) -> Reconstruction:
+    """DLG (Zhu et al. 2019): L-BFGS on dummy images and soft labels; with ``labels`` given the
+    labels are fixed and only the images are optimised (the second stage of iDLG)."""
+    config = DLGConfig() if config is None else config
+    if not isinstance(config, DLGConfig):
+        raise TypeError(f"The 'config' parameter must be a DLGConfig. Got {type(config).__name__}.")
+    target = check_target(model, target)
+    num_images = check_int("num_images", num_images, low=1)
+    _check_labels(model, labels, num_images)
+    classes = last_linear(model)[1].out_features
+    shape = (num_images, *model.input_shape)
+    start, trial_losses = time.perf_counter(), []
+    with _progress(config.steps, name, progress) as bar:
+        for attempt in range(config.retries + 1):
+            x = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
+            soft = None
+            if labels is None:
+                soft = torch.randn((num_images, classes), generator=generator).requires_grad_(True)
+            lr = config.lr * config.retry_lr_factor**attempt
+            bar.reset()
+            bar.set_description(f"{name} (attempt {attempt + 1})" if attempt else name)
+            final, history = _dlg_attempt(
+                model, target, x, soft, labels, lr, config, defense, bar
+            )
+            if math.isfinite(final):
+                recovered = labels if soft is None else soft.detach().argmax(dim=-1)
+                return Reconstruction(
+                    name, x.detach().clamp(0, 1), recovered, final, history,
+                    [*trial_losses, final], diverged=attempt,
+                    seconds=time.perf_counter() - start,
+                )
+            trial_losses.append(math.nan)
+    raise DivergenceError(
+        f"{name}: all {config.retries + 1} attempt(s) diverged (NaN/Inf gradient distance; "
+        f"lr from {config.lr:g} down to {config.lr * config.retry_lr_factor**config.retries:g})."
+        " Lower 'lr' or raise 'retries'."
+    )
+
+
+def idlg(
+    model: nn.Module,
+    target: torch.Tensor,
+    *,
+    num_images: int = 1,
+    labels: torch.Tensor | None = None,
+    config: DLGConfig | None = None,
+    defense: Defense = NO_DEFENSE,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Reconstruction:
+    """iDLG (Zhao et al. 2020): labels from :func:`infer_labels`, then DLG on the images only.
+    ``labels`` is accepted for a uniform interface and ignored: iDLG always infers them."""
+    inferred = infer_labels(model, target, num_images)
+    return dlg(
+        model, target, num_images=num_images, labels=inferred, config=config, defense=defense,
+        generator=generator, progress=progress, name="idlg",
+    )
+
+
+def _normalisation(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) ``[C, 1, 1]`` of the model's first Normalize layer; (0, 1) without one."""
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return module.mean, module.std
+    return torch.zeros(()), torch.ones(())
+
+
+def inverting_gradients(
+    model: nn.Module,
+    target: torch.Tensor,
+    *,
+    num_images: int = 1,
+    labels: torch.Tensor | None = None,
+    config: IGConfig | None = None,
+    defense: Defense = NO_DEFENSE,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Reconstruction:
+    """Inverting Gradients (Geiping et al. 2020); labels given, or recovered as in iDLG."""
+    config = IGConfig() if config is None else config
+    if not isinstance(config, IGConfig):
+        raise TypeError(f"The 'config' parameter must be an IGConfig. Got {type(config).__name__}.")
+    target = check_target(model, target)
+    num_images = check_int("num_images", num_images, low=1)
+    _check_labels(model, labels, num_images)
+    if labels is None:
+        labels = infer_labels(model, target, num_images)
+    mean, std = _normalisation(model)
+    low, high = -mean / std, (1 - mean) / std  # the box [0, 1] in normalised coordinates
+    milestones = sorted({max(1, int(m * config.iterations)) for m in config.milestones})
+    shape = (num_images, *model.input_shape)
+    start, trials = time.perf_counter(), []  # (loss, z, history)
+    diverged = 0
+    bar = _progress(config.iterations, "ig", progress)
+    while len(trials) < config.restarts:
+        z = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
+        optimizer = torch.optim.Adam([z], lr=config.lr)
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.gamma)
+        history, finite = [], True
+        bar.reset()
+        for it in range(config.iterations):
+            optimizer.zero_grad()
+            loss = _matching_loss(model, mean + std * z, labels, target, defense, cosine_distance)
+            if config.tv > 0:
+                loss = loss + config.tv * total_variation(z)
+            loss.backward(inputs=[z])
+            if config.signed:
+                z.grad.sign_()
+            optimizer.step()
+            schedule.step()
+            if config.boxed:
+                with torch.no_grad():
+                    z.copy_(torch.maximum(torch.minimum(z, high), low))
+            if it % config.log_every == 0 or it == config.iterations - 1:
+                value = float(loss.detach())  # the only host synchronisation, every log_every steps
+                if not math.isfinite(value):
+                    finite = False
+                    break
+                history.append((it, value))
+                bar.set_postfix(loss=f"{value:.4f}", trial=len(trials) + 1, refresh=False)
+                bar.update(it + 1 - bar.n)
+        score = math.nan
+        if finite and bool(torch.isfinite(z).all()):
+            score = float(
+                _matching_loss(model, mean + std * z, labels, target, defense, cosine_distance,
+                               create_graph=False)
+            )
+        if math.isfinite(score):
+            trials.append((score, z.detach(), history))
+        else:
+            diverged += 1
+            if diverged > config.retries:
+                bar.close()
+                raise DivergenceError(
+                    f"ig: {diverged} trial(s) diverged (NaN/Inf loss), more than retries="
+                    f"{config.retries}. Lower 'lr' or check the target gradient."
+                )
+    bar.close()
+    best_loss, best_z, best_history = min(trials, key=lambda t: t[0])
+    return Reconstruction(
+        "ig", (mean + std * best_z).clamp(0, 1), labels, best_loss, best_history,
+        [t[0] for t in trials], diverged, time.perf_counter() - start,
+    )
+
+
+AttackFn = Callable[..., Reconstruction]
+ATTACKS = Registry[AttackFn]("gradient inversion attack")
+ATTACKS.register("dlg", dlg)
+ATTACKS.register("idlg", idlg)
+ATTACKS.register("ig", inverting_gradients)
+
+#: The configuration class each attack takes.
+CONFIGS: dict[str, type] = {"dlg": DLGConfig, "idlg": DLGConfig, "ig": IGConfig}
