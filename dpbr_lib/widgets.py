@@ -80,13 +80,13 @@ def grid_explorer(
     sliders = [
         widgets.SelectionSlider(
             options=[(_label(v), v) for v in values[name]],
-            value=start[name],
+            index=index,  # by position: a grid value may be None (e.g. "no noise")
             description=descriptions.get(name, name),
             continuous_update=True,
             style={"description_width": "initial"},
             layout=widgets.Layout(width="28em"),
         )
-        for name in names
+        for name, index in zip(names, start_index, strict=True)
     ]
 
     def stack(level: int, prefix: tuple) -> widgets.Widget:

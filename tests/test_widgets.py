@@ -97,6 +97,15 @@ def test_single_axis_renders_figures_as_png_and_closes_them():
     assert (slider.value, stack.selected_index) == (0.2, 0)
 
 
+def test_none_is_a_grid_value_like_any_other():
+    box = grid_explorer(lambda epsilon: f"eps={epsilon}".encode(), {"epsilon": [None, 0.5]},
+                        initial={"epsilon": 0.5})
+    slider, stack = box.children
+    assert slider.options == (("None", None), ("0.5", 0.5))
+    assert (slider.index, slider.value, stack.selected_index) == (1, 0.5, 1)
+    assert [bytes(image.value) for image in stack.children] == [b"eps=None", b"eps=0.5"]
+
+
 def test_figure_png_closes_the_figure():
     fig = plt.figure()
     png = figure_png(fig)
