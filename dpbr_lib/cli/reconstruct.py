@@ -55,7 +55,7 @@ def _write(out: Path, name: str, args: argparse.Namespace, seconds: float, files
     print(f"wall time {seconds:.1f} s; wrote {', '.join(files)}")
 
 
-def _experiment_run(args: argparse.Namespace) -> int:
+def _experiment_run(args: argparse.Namespace) -> ex.Experiment:
     defense = _defense(args) if args.experiment != "batch100" else None
     common = dict(
         profile=args.profile, source=args.source, data_dir=args.data_dir,
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=ex.PROFILES.names(),
-                        help="run lengths: quick (CPU, minutes) or paper (the papers' counts)")
+                        help="run lengths: smoke (seconds), quick (CPU, minutes) or paper "
+                        "(the papers' counts)")
     parser.add_argument("--out", required=True, help="folder for figures and tables")
     parser.add_argument("--seed", type=int, default=0, help="model weights, dummy draws, noise")
     parser.add_argument("--source", default="auto", choices=SOURCES,

@@ -12,9 +12,9 @@
 - :func:`krum_vs_average`: what the server can invert when Krum forwards one worker's gradient
   versus when it averages all of them.
 
-Run lengths come from a named :class:`Profile` (``quick``: a CPU in minutes; ``paper``: the
-papers' iteration counts). Seeds fix the model weights, the dummy draws, the noise and which
-images are used.
+Run lengths come from a named :class:`Profile` (``smoke``: seconds, that it runs; ``quick``: a
+CPU in minutes; ``paper``: the papers' iteration counts). Seeds fix the model weights, the dummy
+draws, the noise and which images are used.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ PROFILES.register(
         name="quick",
         dlg=DLGConfig(steps=300, patience=20),
         ig=IGConfig(iterations=500, restarts=1, tv=1e-2),
-        batch100=IGConfig(iterations=200, restarts=1, tv=1e-2, log_every=20),
+        batch100=IGConfig(iterations=1000, restarts=1, tv=1e-2, log_every=50),
         batch100_model="convnet",
         defense_dlg=DLGConfig(steps=100, patience=10),
         defense_ig=IGConfig(iterations=300, restarts=1, tv=1e-2),
@@ -88,6 +88,22 @@ PROFILES.register(
         epsilons=(1e2, 1e4, 1e6),
         sigmas=(1e-3, 1e-2, 1e-1),
         keep_ratios=(0.3, 0.1, 0.03),
+    ),
+)
+PROFILES.register(
+    "smoke",
+    Profile(
+        name="smoke",  # seconds: checks that everything runs (book builds, CI), not quality
+        dlg=DLGConfig(steps=5),
+        ig=IGConfig(iterations=20, restarts=1, log_every=5),
+        batch100=IGConfig(iterations=3, restarts=1, log_every=1),
+        batch100_model="convnet",
+        defense_dlg=DLGConfig(steps=3),
+        defense_ig=IGConfig(iterations=10, restarts=1, log_every=5),
+        seeds=(0,),
+        epsilons=(1e4,),
+        sigmas=(1e-2,),
+        keep_ratios=(0.1,),
     ),
 )
 
@@ -311,9 +327,10 @@ def defense_curves(
     ``training_sigma`` column is the σ that ε means for the Byzantine-resilient training
     (C = 0.01, δ = 1e-6, b = 50, :func:`~dpbr_lib.inversion.defenses.training_sigma`).
     """
-    prof = _resolve(attacks[0] if attacks else "dlg", profile)
+    if not attacks:
+        raise ValueError("The 'attacks' parameter must name at least one attack. Got ().")
     for attack in attacks:
-        ATTACKS.get(attack)
+        prof = _resolve(attack, profile)
     prof = replace(
         prof,
         seeds=prof.seeds if seeds is None else tuple(seeds),
@@ -405,7 +422,8 @@ def krum_vs_average(
     """Each of ``workers`` honest workers shares the gradient of one image; the server inverts
     the aggregate. Krum (Blanchard et al. 2017) outputs one worker's gradient unchanged, so the
     server inverts a single image; the average is the gradient of the whole batch of ``workers``
-    images, inverted as a batch. Returns a summary table and the two experiments.
+    images, inverted as a batch. Returns a summary table (``psnr_picked_worker``: how well the
+    image of the worker Krum picked is recovered under each rule) and the two experiments.
     """
     from dpbr_lib import aggregators
 
@@ -457,7 +475,8 @@ def krum_vs_average(
             {
                 "rule": rule, "workers": workers, "byzantine": byzantine,
                 "images_in_gradient": len(subset),
-                "picked_worker": picked if rule == "krum" else -1,
+                "picked_worker": picked,
+                "psnr_picked_worker": float(table.loc[table["image"] == picked, "psnr"].iloc[0]),
                 "psnr_mean": scores["psnr"].mean(), "psnr_max": scores["psnr"].max(),
                 "ssim_mean": scores["ssim"].mean(),
                 "label_accuracy": label_accuracy(rec.labels, originals.labels),

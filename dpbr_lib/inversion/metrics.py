@@ -48,12 +48,14 @@ def mse(reconstruction: torch.Tensor, original: torch.Tensor) -> np.ndarray:
 
 
 def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> np.ndarray:
-    """Per-image PSNR in dB ``[B]``: 10·log10(1/MSE), by scikit-image (``data_range=1``)."""
+    """Per-image PSNR in dB ``[B]``: 10·log10(1/MSE), by scikit-image (``data_range=1``);
+    ``inf`` for an exact copy."""
     _check_pair(reconstruction, original)
     rec, ref = _to_numpy(reconstruction), _to_numpy(original)
-    return np.array(
-        [peak_signal_noise_ratio(o, r, data_range=1.0) for r, o in zip(rec, ref, strict=True)]
-    )
+    with np.errstate(divide="ignore"):  # MSE = 0 -> inf dB, as scikit-image returns
+        return np.array(
+            [peak_signal_noise_ratio(o, r, data_range=1.0) for r, o in zip(rec, ref, strict=True)]
+        )
 
 
 def ssim(reconstruction: torch.Tensor, original: torch.Tensor) -> np.ndarray:

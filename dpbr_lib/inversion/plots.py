@@ -43,11 +43,14 @@ def plot_reconstruction(experiment: Experiment, *, max_images: int = 16) -> Figu
     originals, guesses = experiment.originals.images, experiment.matched_images()
     table = experiment.table
     n = originals.shape[0]
+    selected = table["selected"].to_numpy() if "selected" in table else np.zeros(n, bool)
     if n <= max_images:
-        fig = Figure(figsize=(max(2.0, 1.3 * n), 3.0), layout="constrained")
+        width = max(6.0, 1.5 * n)
+        fig = Figure(figsize=(width, 3.4), layout="constrained")
         axes = np.atleast_2d(fig.subplots(2, n, squeeze=False))
         for i in range(n):
-            _show(axes[0, i], originals[i], f"#{i} label {int(table['label'].iloc[i])}")
+            mark = " (selected)" if selected[i] else ""
+            _show(axes[0, i], originals[i], f"#{i} label {int(table['label'].iloc[i])}{mark}")
             psnr, ssim = table["psnr"].iloc[i], table["ssim"].iloc[i]
             _show(axes[1, i], guesses[i], f"{psnr:.1f} dB, SSIM {ssim:.2f}")
         axes[0, 0].text(-0.15, 0.5, "original", transform=axes[0, 0].transAxes, rotation=90,
@@ -56,7 +59,8 @@ def plot_reconstruction(experiment: Experiment, *, max_images: int = 16) -> Figu
                         rotation=90, va="center", ha="right", fontsize=8)
     else:
         side = math.ceil(math.sqrt(n))
-        fig = Figure(figsize=(12, 6.4), layout="constrained")
+        width = 12.0
+        fig = Figure(figsize=(width, 6.6), layout="constrained")
         left, right = fig.subfigures(1, 2)
         for sub, images, title in (
             (left, originals, "originals"),
@@ -69,7 +73,7 @@ def plot_reconstruction(experiment: Experiment, *, max_images: int = 16) -> Figu
                     _show(ax, images[k])
                 else:
                     ax.set_axis_off()
-    fig.suptitle(_wrap(experiment.caption), fontsize=8)
+    fig.suptitle(_wrap(experiment.caption, int(width * 13)), fontsize=8)
     return fig
 
 
@@ -129,11 +133,13 @@ def plot_defense_curves(
                 ax.axvline(fail["fails_at"].iloc[0], color=line[0].get_color(), ls=":", lw=1.2)
         ax.axhline(_THRESHOLDS[metric], color="k", ls="--", lw=0.8, label="fails below")
         ax.set_xscale("log")
+        low, high = rows["level"].min(), rows["level"].max()
+        ax.set_xlim(low / 2, high * 2)
         ax.set_xlabel(_AXIS_LABELS[family], fontsize=8)
         ax.set_ylabel(metric.upper())
         if family == "epsilon":
             twin = ax.twinx()
-            grid = np.logspace(*np.log10([rows["level"].min(), rows["level"].max()]), 50)
+            grid = np.logspace(np.log10(low / 2), np.log10(high * 2), 50)
             twin.plot(grid, [training_sigma(e) for e in grid], color="gray", lw=1)
             twin.set_yscale("log")
             twin.set_ylabel("training σ at this ε (C=0.01, b=50)", fontsize=7, color="gray")
