@@ -36,8 +36,8 @@ from dpbr_lib import _validation, notebook_runner
 #: Folder under ``book/`` that receives the fetched JavaScript (listed in ``html_extra_path``);
 #: its ``_static/`` lands in the site's ``_static/``, where Sphinx resolves relative script paths.
 WIDGET_JS_DIR = "_widgets_js"
-#: The npm packages (pinned): ``(name, version, {member: path under _static/}, skipped)``; a
-#: member ending in ``/`` copies everything below it but the ``skipped`` patterns.
+#: The npm packages to fetch, pinned, as ``(name, version, {member: path under _static/},
+#: skipped)``; a member ending in ``/`` copies everything below it but the ``skipped`` patterns.
 NPM_PACKAGES: tuple[tuple[str, str, dict[str, str], tuple[str, ...]], ...] = (
     ("requirejs", "2.3.8", {"package/require.js": "jupyter-widgets/require.js"}, ()),
     # embed-amd.js bundles the base and controls widgets of ipywidgets 8; dist/ holds its fonts
@@ -51,7 +51,8 @@ NPM_PACKAGES: tuple[tuple[str, str, dict[str, str], tuple[str, ...]], ...] = (
            for part in ("output/chtml", "input/tex", "ui", "a11y")},
     }, ()),
 )
-#: Our one line of JavaScript: the widget manager loads its fonts from beside itself, not a CDN.
+#: The one line of JavaScript this project writes, so that the widget manager loads its fonts
+#: from beside itself rather than from a CDN.
 ASSETS_SCRIPT = (
     "window.__jupyter_widgets_assets_path__ = new URL('.', document.currentScript.src).href;\n"
 )
@@ -218,11 +219,16 @@ def python_object(target: str, module: str | None) -> object | None:
 
     >>> python_object("privacy.gaussian_sigma", "dpbr_lib.theory").__name__
     'gaussian_sigma'
+    >>> python_object("metrics.score", "dpbr_lib.inversion.experiments").__module__
+    'dpbr_lib.inversion.metrics'
     >>> python_object("no_such_name", "dpbr_lib.theory") is None
     True
     """
     parts = target.split(".")
-    starts = [(module, parts)] if module else []
+    packages = module.split(".") if module else []
+    # The module itself, then its packages (``.metrics.X`` in dpbr_lib.inversion.experiments is
+    # dpbr_lib.inversion.metrics.X), then the target as an absolute path.
+    starts = [(".".join(packages[:i]), parts) for i in range(len(packages), 0, -1)]
     starts += [(".".join(parts[:i]), parts[i:]) for i in range(len(parts), 0, -1)]
     for start, rest in starts:
         try:
@@ -257,7 +263,8 @@ def _missing_reference(app, env, node, contnode):
     """
     if node.get("refdomain") != "py":
         return None
-    target, domain = node["reftarget"], env.get_domain("py")
+    # A role broken across docstring lines reaches here with a space inside the dotted name.
+    target, domain = re.sub(r"\s+", "", node["reftarget"]), env.get_domain("py")
     obj = python_object(target, node.get("py:module"))
     if obj is None and "." not in target:
         obj = _package_object(target)
@@ -270,7 +277,7 @@ def _missing_reference(app, env, node, contnode):
     if len(fuzzy) == 1:
         candidates.append(fuzzy[0][0])
     for candidate in candidates:
-        if candidate == target:
+        if candidate == node["reftarget"]:
             continue
         matches = domain.resolve_any_xref(
             env, node["refdoc"], app.builder, candidate, node, contnode
@@ -278,6 +285,27 @@ def _missing_reference(app, env, node, contnode):
         if matches:
             return matches[0][1]
     return None if obj is None else contnode
+
+
+def _prose_attribute_comments(app) -> None:
+    """Keep napoleon away from the ``#:`` comments of module constants and attributes.
+
+    napoleon reads an attribute docstring's first line ``A: b`` as "type A, description b"; the
+    comments of this project are prose ("Sizes of each split (digits: ...)"), which that reading
+    turns into a bogus type and, with ``-n``, a broken reference. Functions and classes keep
+    napoleon's Google-style sections.
+    """
+    from sphinx.ext import napoleon
+
+    listeners = app.events.listeners["autodoc-process-docstring"]
+    for position, listener in enumerate(listeners):
+        if listener.handler is napoleon._process_docstring:
+
+            def sections_only(app, what, *args, _napoleon=listener.handler) -> None:
+                if what not in ("data", "attribute"):
+                    _napoleon(app, what, *args)
+
+            listeners[position] = listener._replace(handler=sections_only)
 
 
 def _prepare(app, config) -> None:
@@ -303,11 +331,12 @@ def _reporter():
 
 
 def setup(app) -> dict:
-    """Sphinx entry point: fetch and execute before the TOC is read; escape docstring bars."""
+    """Sphinx entry point: fetch and execute before the TOC is read; docstring rendering."""
     app.setup_extension("sphinx.ext.autodoc")
     app.add_config_value("dpbr_profile", "quick", "env")
     # sphinx-external-toc reads the TOC at priority 900: the executed files must exist by then.
     app.connect("config-inited", _prepare, priority=100)
     app.connect("autodoc-process-docstring", _process_docstring, priority=600)  # after napoleon
     app.connect("missing-reference", _missing_reference)
+    app.connect("builder-inited", _prose_attribute_comments)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -16,8 +16,10 @@ source are unchanged since the stored run (the key sits in the executed notebook
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
+import os
 import time
 import types
 import typing
@@ -34,6 +36,12 @@ PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 _PACKAGE = Path(__file__).resolve().parent
+
+#: Thread settings the kernels start with unless the caller's environment sets them. Two torch
+#: threads on two cores that other processes share make every small op wait for a descheduled
+#: thread (measured here: DLG on the smoke profile, 65 s with two threads under load, 0.7 s with
+#: one); the sweep's pool workers set their own thread count.
+KERNEL_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 # --------------------------------------------------------------------------- constraints
@@ -292,19 +300,32 @@ def execute(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(
-            notebook,
-            str(output),
-            parameters=dict(parameters or {}),
-            cwd=None if cwd is None else str(cwd),
-            progress_bar=progress,
-        )
+        with _kernel_environment():
+            papermill.execute_notebook(
+                notebook,
+                str(output),
+                parameters=dict(parameters or {}),
+                cwd=None if cwd is None else str(cwd),
+                progress_bar=progress,
+            )
     except PapermillExecutionError as error:
         raise ValueError(
             f"{source} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
             f"(executed notebook: {output})"
         ) from None
     return output
+
+
+@contextlib.contextmanager
+def _kernel_environment():
+    """:data:`KERNEL_THREADS` for the kernels started inside, where the caller set none."""
+    added = {k: v for k, v in KERNEL_THREADS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def library_hash() -> str:

@@ -232,3 +232,9 @@ def test_python_object_resolves_names_as_the_module_sees_them():
     )
     assert book_build.python_object("dpbr_lib.privacy", None) is privacy
     assert book_build.python_object("privacy.no_such_function", "dpbr_lib.theory") is None
+    # relative to the module's packages, as Sphinx's ".metrics.X" means
+    from dpbr_lib.inversion import metrics
+
+    assert book_build.python_object("metrics.score", "dpbr_lib.inversion.experiments") is (
+        metrics.score
+    )
