@@ -145,6 +145,8 @@ def mean_std(
 ) -> pd.DataFrame:
     """Mean and std over seeds of ``metric`` per ``by`` + step (rows where it is NaN dropped).
 
+    The std is the population one (ddof = 0), as the reference's ``compute_avg_err``.
+
     ``smooth > 1`` first averages each run's metric over a trailing window of that many steps
     (for the per-step training loss, which a small batch makes noisy).
     """
@@ -158,9 +160,11 @@ def mean_std(
         )
     frame = frame.assign(_value=values).dropna(subset=["_value"])
     grouped = frame.groupby([*by, "step"], sort=True)["_value"]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    out["std"] = out["std"].fillna(0.0)  # one seed: no spread
-    return out
+    return pd.DataFrame({
+        "mean": grouped.mean(),
+        "std": grouped.std(ddof=0),  # population std over seeds, as reproduce.py (numpy.std)
+        "count": grouped.count(),
+    }).reset_index()
 
 
 def resilience_figure(

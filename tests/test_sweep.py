@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from dpbr_lib import __version__, sweep
 from dpbr_lib.results import RESULTS_SCHEMA, Result, config_hash, load_summaries, result_files
@@ -323,10 +324,19 @@ def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
                                                 "run_id").reset_index(drop=True)
 
 
-def test_dask_cluster_gives_the_same_records_as_the_local_pool(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Inline runs share this process's torch threads: one, as the pool and Dask workers use
+    (two intra-op threads on two busy cores slow the tiny runs down tenfold)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dask_cluster_gives_the_same_records_as_in_process_runs(tmp_path, one_thread):
     distributed = pytest.importorskip("dask.distributed")
-    local = sweep.run(REAL, [0, 1], tmp_path / "local", executor="process", max_workers=2,
-                      progress=False)
+    local = sweep.run(REAL, [0, 1], tmp_path / "local", executor="inline", progress=False)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:

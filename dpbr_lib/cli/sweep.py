@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def table(summaries: pd.DataFrame) -> str:
-    """Final accuracy per rule/attack (rows) and privacy setting x b (columns), mean over seeds."""
+    """Final accuracy per rule/attack (and d, where the width varies) against privacy setting x b,
+    mean over seeds."""
     from dpbr_lib import plots
 
     if summaries.empty:
@@ -56,7 +57,8 @@ def table(summaries: pd.DataFrame) -> str:
                              privacy_setting=plots.privacy_labels(summaries),
                              key=plots.privacy_order(summaries))
     columns = list(frame.sort_values("key").drop_duplicates("privacy_setting")["privacy_setting"])
-    pivot = frame.pivot_table(index="setting", columns=["privacy_setting", "batch_size"],
+    index = ["setting", "d"] if summaries["width"].nunique() > 1 else ["setting"]
+    pivot = frame.pivot_table(index=index, columns=["privacy_setting", "batch_size"],
                               values="final_accuracy", aggfunc="mean")
     pivot = pivot.reindex(columns=columns, level=0)
     return "Final test accuracy (mean over seeds):\n" + pivot.round(3).to_string()
