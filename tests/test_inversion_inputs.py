@@ -88,12 +88,14 @@ def test_non_finite_or_misshapen_target_gradient(lenet):
     for attack in (dlg, inverting_gradients):
         with pytest.raises(ValueError, match=r"must be finite\. Got 1 NaN/Inf coordinate"):
             attack(lenet, bad)
+    with pytest.raises(ValueError, match="all zeros"):
+        dlg(lenet, torch.zeros(d))
     with pytest.raises(ValueError, match=rf"shape \({d},\)"):
         dlg(lenet, torch.zeros(10))
     with pytest.raises(TypeError, match="DLGConfig"):
-        dlg(lenet, torch.zeros(d), config=IGConfig())
+        dlg(lenet, torch.ones(d), config=IGConfig())
     with pytest.raises(ValueError, match=r"classes in \[0, 100\)"):
-        inverting_gradients(lenet, torch.zeros(d), labels=torch.tensor([100]))
+        inverting_gradients(lenet, torch.ones(d), labels=torch.tensor([100]))
 
 
 def test_configs_check_their_fields():

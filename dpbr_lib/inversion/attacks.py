@@ -6,7 +6,13 @@ until their gradient matches g*:
 
 - **DLG**, Zhu et al. 2019, "Deep leakage from gradients", Algorithm 1:
   min_{x̂, ŷ} ‖∇θ CE(f(x̂), softmax(ŷ)) − g*‖², by L-BFGS (lr 1, 300 iterations in their code),
-  x̂ and ŷ drawn from N(0, 1).
+  x̂ and ŷ drawn from N(0, 1). Two changes that keep the minimiser: the distance is rescaled to
+  1000·‖g − g*‖²/‖g*‖² (DLG's own scale: ‖g*‖² is 200–950 for its LeNet on 32×32 images, while
+  a gradient clipped to C = 0.01 has 1e-4 and torch's L-BFGS tests curvature against an absolute
+  1e-10), and L-BFGS's own stopping tolerances are near zero (torch's 1e-7 and 1e-9 stop it on
+  the flat start of a saturated sigmoid net). A run that makes no progress (loss above
+  ``stall_ratio`` of its first value: DLG's known failure from a bad draw) is restarted from a
+  fresh draw and the best attempt kept.
 - **iDLG**, Zhao et al. 2020, "iDLG: improved deep leakage from gradients", Section 3: the label
   is read from the last layer's weight gradient — with non-negative features h,
   ∂CE/∂W_c = (p_c − y_c)·h, so only the true class's row is negative — then DLG on x̂ alone. For a
@@ -55,9 +61,12 @@ class DLGConfig:
     max_iter: int = 20  # L-BFGS inner iterations per step (torch default, as in DLG)
     history_size: int = 100  # L-BFGS memory (torch default)
     tol: float = 5e-9  # stop once ‖g − g*‖² < tol·‖g*‖² (iDLG's 1e-6 at ‖g*‖² ≈ 200)
+    tolerance_grad: float = 1e-12  # L-BFGS's own tests (torch: 1e-7), on the normalised loss
+    tolerance_change: float = 1e-14  # (torch: 1e-9); see the module docstring
     patience: int | None = None  # stop after this many steps without 0.1 % improvement
-    retries: int = 3  # fresh attempts after a divergence
-    retry_lr_factor: float = 0.5  # lr multiplier for each retry
+    retries: int = 3  # fresh attempts after a divergence or a stall
+    retry_lr_factor: float = 0.5  # lr multiplier after each divergence
+    stall_ratio: float = 0.5  # an attempt ending above this × its first loss is restarted
     log_every: int = 10  # record the loss / update the progress bar every k steps
 
     def __post_init__(self) -> None:
@@ -66,10 +75,13 @@ class DLGConfig:
         check_int("max_iter", self.max_iter, low=1)
         check_int("history_size", self.history_size, low=1)
         check_float("tol", self.tol, low=0.0)
+        check_float("tolerance_grad", self.tolerance_grad, low=0.0)
+        check_float("tolerance_change", self.tolerance_change, low=0.0)
         if self.patience is not None:
             check_int("patience", self.patience, low=1)
         check_int("retries", self.retries, low=0)
         check_float("retry_lr_factor", self.retry_lr_factor, low=0.0, high=1.0, low_open=True)
+        check_float("stall_ratio", self.stall_ratio, low=0.0, high=1.0)
         check_int("log_every", self.log_every, low=1)
 
 
@@ -107,10 +119,11 @@ class Reconstruction:
     attack: str
     images: torch.Tensor  # [B, C, H, W], finite, clipped to [0, 1]
     labels: torch.Tensor  # [B] recovered (or given) labels
-    loss: float  # final gradient distance of the kept trial
+    loss: float  # final distance of the kept trial: ‖g − g*‖²/‖g*‖² (DLG), 1 − cos (IG)
     history: list[tuple[int, float]]  # (iteration, loss) of the kept trial, every log_every
     trial_losses: list[float] = field(default_factory=list)  # NaN for a diverged trial
     diverged: int = 0  # trials that ended in NaN/Inf and were restarted
+    stalled: int = 0  # DLG attempts that made no progress and were restarted
     seconds: float = 0.0  # wall time of the whole attack
 
 
@@ -124,6 +137,19 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def l2_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """‖g − g*‖² (DLG)."""
     return (g - target).pow(2).sum()
+
+
+#: DLG's distance is optimised as DLG_SCALE·‖g − g*‖²/‖g*‖² (see the module docstring).
+DLG_SCALE = 1000.0
+
+
+def relative_l2_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖g − g*‖² / ‖g*‖²: DLG's distance over a constant, the same for any gradient scale."""
+    return l2_distance(g, target) / target.pow(2).sum()
+
+
+def _scaled_l2_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return DLG_SCALE * relative_l2_distance(g, target)
 
 
 def cosine_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -203,29 +229,28 @@ def _dlg_attempt(
     config: DLGConfig,
     defense: Defense,
     bar: tqdm,
-) -> tuple[float, list[tuple[int, float]]]:
-    """One L-BFGS run from the draw ``x`` (and ``soft``); returns (final loss, history).
-
-    A NaN/Inf loss ends the run at once; the caller sees it in the final loss."""
+) -> list[tuple[int, float]]:
+    """One L-BFGS run from the draw ``x`` (and ``soft``), updated in place; its history of
+    relative distances ‖g − g*‖²/‖g*‖², ending at NaN if the run diverged."""
     leaves = [x] if soft is None else [x, soft]
     optimizer = torch.optim.LBFGS(
-        leaves, lr=lr, max_iter=config.max_iter, history_size=config.history_size
+        leaves, lr=lr, max_iter=config.max_iter, history_size=config.history_size,
+        tolerance_grad=config.tolerance_grad, tolerance_change=config.tolerance_change,
     )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         y = labels if soft is None else soft.softmax(dim=-1)  # [B] or [B, K]
-        loss = _matching_loss(model, x, y, target, defense, l2_distance)
+        loss = _matching_loss(model, x, y, target, defense, _scaled_l2_distance)
         loss.backward(inputs=leaves)
         return loss.detach()
 
     history: list[tuple[int, float]] = []
     best, since_best, step = math.inf, 0, 0
-    stop = config.tol * float(target.pow(2).sum())  # relative tolerance, any gradient scale
     for step in range(config.steps):
-        value = float(optimizer.step(closure))  # L-BFGS synchronises on its loss anyway
+        value = float(optimizer.step(closure)) / DLG_SCALE  # L-BFGS synchronises on it anyway
         if not math.isfinite(value):
-            return value, history
+            return [*history, (step, math.nan)]
         if step % config.log_every == 0:
             history.append((step, value))
             bar.set_postfix(loss=f"{value:.3e}", refresh=False)
@@ -234,16 +259,16 @@ def _dlg_attempt(
             best, since_best = value, 0
         else:
             since_best += 1
-        if value < stop or (config.patience and since_best >= config.patience):
+        if value < config.tol or (config.patience and since_best >= config.patience):
             break
-    if not bool(torch.isfinite(x).all()):
-        return math.nan, history
     y = labels if soft is None else soft.detach().softmax(dim=-1)
-    final = float(
-        _matching_loss(model, x, y, target, defense, l2_distance, create_graph=False).detach()
-    )
-    history.append((step + 1, final))
-    return final, history
+    final = math.nan
+    if bool(torch.isfinite(x).all()):
+        final = float(
+            _matching_loss(model, x, y, target, defense, relative_l2_distance,
+                           create_graph=False).detach()
+        )
+    return [*history, (step + 1, final)]
 
 
 def dlg(
@@ -268,32 +293,36 @@ def dlg(
     _check_labels(model, labels, num_images)
     classes = last_linear(model)[1].out_features
     shape = (num_images, *model.input_shape)
-    start, trial_losses = time.perf_counter(), []
+    start, attempts, lr = time.perf_counter(), [], config.lr  # attempts: (loss, x, soft, history)
     with _progress(config.steps, name, progress) as bar:
         for attempt in range(config.retries + 1):
             x = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
             soft = None
             if labels is None:
                 soft = torch.randn((num_images, classes), generator=generator).requires_grad_(True)
-            lr = config.lr * config.retry_lr_factor**attempt
             bar.reset()
             bar.set_description(f"{name} (attempt {attempt + 1})" if attempt else name)
             with _plain_convolutions(num_images == 1):
-                final, history = _dlg_attempt(
-                    model, target, x, soft, labels, lr, config, defense, bar
-                )
-            if math.isfinite(final):
-                recovered = labels if soft is None else soft.detach().argmax(dim=-1)
-                return Reconstruction(
-                    name, x.detach().clamp(0, 1), recovered, final, history,
-                    [*trial_losses, final], diverged=attempt,
-                    seconds=time.perf_counter() - start,
-                )
-            trial_losses.append(math.nan)
-    raise DivergenceError(
-        f"{name}: all {config.retries + 1} attempt(s) diverged (NaN/Inf gradient distance; "
-        f"lr from {config.lr:g} down to {config.lr * config.retry_lr_factor**config.retries:g})."
-        " Lower 'lr' or raise 'retries'."
+                history = _dlg_attempt(model, target, x, soft, labels, lr, config, defense, bar)
+            final = history[-1][1]
+            attempts.append((final, x.detach(), soft, history))
+            if not math.isfinite(final):
+                lr *= config.retry_lr_factor  # diverged: a fresh draw with a smaller step
+            elif final <= config.stall_ratio * history[0][1]:
+                break  # made progress: keep it
+    finite = [a for a in attempts if math.isfinite(a[0])]
+    if not finite:
+        raise DivergenceError(
+            f"{name}: all {len(attempts)} attempt(s) diverged (NaN/Inf gradient distance; "
+            f"lr from {config.lr:g} down to {lr / config.retry_lr_factor:g}). "
+            "Lower 'lr' or raise 'retries'."
+        )
+    final, x, soft, history = min(finite, key=lambda a: a[0])
+    recovered = labels if soft is None else soft.detach().argmax(dim=-1)
+    return Reconstruction(
+        name, x.clamp(0, 1), recovered, final, history, [a[0] for a in attempts],
+        diverged=len(attempts) - len(finite), stalled=len(finite) - 1,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -349,58 +378,74 @@ def inverting_gradients(
     low, high = -mean / std, (1 - mean) / std  # the box [0, 1] in normalised coordinates
     milestones = sorted({max(1, int(m * config.iterations)) for m in config.milestones})
     shape = (num_images, *model.input_shape)
-    start, trials = time.perf_counter(), []  # (loss, z, history)
-    diverged = 0
-    bar = _progress(config.iterations, "ig", progress)
-    while len(trials) < config.restarts:
-        z = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
-        optimizer = torch.optim.Adam([z], lr=config.lr)
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.gamma)
-        history, finite = [], True
-        bar.reset()
-        for it in range(config.iterations):
-            optimizer.zero_grad()
-            loss = _matching_loss(model, mean + std * z, labels, target, defense, cosine_distance)
-            if config.tv > 0:
-                loss = loss + config.tv * total_variation(z)
-            loss.backward(inputs=[z])
-            if config.signed:
-                z.grad.sign_()
-            optimizer.step()
-            schedule.step()
-            if config.boxed:
-                with torch.no_grad():
-                    z.copy_(torch.maximum(torch.minimum(z, high), low))
-            if it % config.log_every == 0 or it == config.iterations - 1:
-                value = float(loss.detach())  # the only host synchronisation, every log_every steps
-                if not math.isfinite(value):
-                    finite = False
-                    break
-                history.append((it, value))
-                bar.set_postfix(loss=f"{value:.4f}", trial=len(trials) + 1, refresh=False)
-                bar.update(it + 1 - bar.n)
-        score = math.nan
-        if finite and bool(torch.isfinite(z).all()):
-            score = float(
-                _matching_loss(model, mean + std * z, labels, target, defense, cosine_distance,
-                               create_graph=False).detach()
-            )
-        if math.isfinite(score):
-            trials.append((score, z.detach(), history))
-        else:
-            diverged += 1
-            if diverged > config.retries:
-                bar.close()
-                raise DivergenceError(
-                    f"ig: {diverged} trial(s) diverged (NaN/Inf loss), more than retries="
-                    f"{config.retries}. Lower 'lr' or check the target gradient."
+    start, trials, scores = time.perf_counter(), [], []  # trials: (loss, z, history)
+    with _progress(config.iterations, "ig", progress) as bar:
+        while len(trials) < config.restarts:
+            z = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
+            bar.reset()
+            history = _ig_trial(model, target, z, labels, low, high, milestones, config,
+                                defense, bar, f"{len(trials) + 1}/{config.restarts}")
+            score = math.nan
+            if history is not None and bool(torch.isfinite(z).all()):
+                score = float(
+                    _matching_loss(model, mean + std * z, labels, target, defense,
+                                   cosine_distance, create_graph=False).detach()
                 )
-    bar.close()
+            scores.append(score)
+            if math.isfinite(score):
+                trials.append((score, z.detach(), history))
+            elif len(scores) - len(trials) > config.retries:
+                raise DivergenceError(
+                    f"ig: {len(scores) - len(trials)} trial(s) diverged (NaN/Inf loss), more "
+                    f"than retries={config.retries}. Lower 'lr' or check the model."
+                )
     best_loss, best_z, best_history = min(trials, key=lambda t: t[0])
     return Reconstruction(
-        "ig", (mean + std * best_z).clamp(0, 1), labels, best_loss, best_history,
-        [t[0] for t in trials], diverged, time.perf_counter() - start,
+        "ig", (mean + std * best_z).clamp(0, 1), labels, best_loss, best_history, scores,
+        len(scores) - len(trials), time.perf_counter() - start,
     )
+
+
+def _ig_trial(
+    model: nn.Module,
+    target: torch.Tensor,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    milestones: list[int],
+    config: IGConfig,
+    defense: Defense,
+    bar: tqdm,
+    trial: str,
+) -> list[tuple[int, float]] | None:
+    """One Adam run on ``z`` (normalised coordinates, updated in place); its loss history, or
+    ``None`` as soon as a logged loss is NaN/Inf."""
+    mean, std = _normalisation(model)
+    optimizer = torch.optim.Adam([z], lr=config.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.gamma)
+    history = []
+    for it in range(config.iterations):
+        optimizer.zero_grad()
+        loss = _matching_loss(model, mean + std * z, labels, target, defense, cosine_distance)
+        if config.tv > 0:
+            loss = loss + config.tv * total_variation(z)  # TV of the normalised image
+        loss.backward(inputs=[z])
+        if config.signed:
+            z.grad.sign_()
+        optimizer.step()
+        schedule.step()
+        if config.boxed:
+            with torch.no_grad():
+                z.copy_(torch.maximum(torch.minimum(z, high), low))  # x in [0, 1]
+        if it % config.log_every == 0 or it == config.iterations - 1:
+            value = float(loss.detach())  # the only host synchronisation, every log_every steps
+            if not math.isfinite(value):
+                return None
+            history.append((it, value))
+            bar.set_postfix(loss=f"{value:.4f}", trial=trial, refresh=False)
+            bar.update(it + 1 - bar.n)
+    return history
 
 
 AttackFn = Callable[..., Reconstruction]

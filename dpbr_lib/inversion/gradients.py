@@ -66,4 +66,6 @@ def check_target(model: nn.Module, target: object, name: str = "target") -> torc
             f"The {name!r} parameter must be finite. Got {bad} NaN/Inf coordinate(s) of {d}; "
             "a non-finite gradient cannot be inverted."
         )
+    if not bool(target.any()):
+        raise ValueError(f"The {name!r} parameter is all zeros: there is nothing to invert.")
     return target.detach()

@@ -7,6 +7,7 @@ saves them, notebooks display them.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,8 +79,6 @@ def plot_reconstruction(experiment: Experiment, *, max_images: int = 16) -> Figu
 
 
 def _wrap(text: str, width: int = 110) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width))
 
 
@@ -132,9 +131,9 @@ def plot_defense_curves(
             if len(fail) and not math.isnan(fail["fails_at"].iloc[0]):
                 ax.axvline(fail["fails_at"].iloc[0], color=line[0].get_color(), ls=":", lw=1.2)
         ax.axhline(_THRESHOLDS[metric], color="k", ls="--", lw=0.8, label="fails below")
-        ax.set_xscale("log")
         low, high = rows["level"].min(), rows["level"].max()
         ax.set_xlim(low / 2, high * 2)
+        ax.set_xscale("log")
         ax.set_xlabel(_AXIS_LABELS[family], fontsize=8)
         ax.set_ylabel(metric.upper())
         if family == "epsilon":
