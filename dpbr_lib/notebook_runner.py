@@ -379,20 +379,56 @@ def execute_cached(
     return True
 
 
+def _timed_execution(
+    source: Path, output: Path, parameters: Mapping[str, object], cwd, library: str
+) -> tuple[bool, float]:
+    start = time.perf_counter()
+    ran = execute_cached(source, output, parameters, cwd=cwd, library=library)
+    return ran, time.perf_counter() - start
+
+
 def execute_all(
     jobs: Iterable[tuple[Path, Path]],
     parameters: Mapping[str, object],
     *,
     cwd: str | Path | None = None,
     report: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> list[Path]:
-    """Run :func:`execute_cached` over ``(source, output)`` pairs, reporting each outcome."""
+    """Run :func:`execute_cached` over ``(source, output)`` pairs, ``workers`` at a time.
+
+    The kernels run single-threaded (:data:`KERNEL_THREADS`), so by default as many notebooks
+    run at once as there are cores. A failing notebook does not stop the others (their runs are
+    stored for the next build); the first failure is raised once every notebook has run.
+    """
+    jobs = [(Path(source), Path(output)) for source, output in jobs]
+    workers = _validation.check_int(
+        "workers", workers if workers is not None else os.cpu_count() or 1, low=1
+    )
     library = library_hash()
-    outputs = []
-    for source, output in jobs:
-        start = time.perf_counter()
-        ran = execute_cached(source, output, parameters, cwd=cwd, library=library)
-        seconds = time.perf_counter() - start
-        report(f"{Path(source).stem}: {'executed' if ran else 'reused'} in {seconds:.1f} s")
-        outputs.append(Path(output))
-    return outputs
+    if workers == 1 or len(jobs) <= 1:
+        for source, output in jobs:
+            ran, seconds = _timed_execution(source, output, parameters, cwd, library)
+            report(f"{source.stem}: {'executed' if ran else 'reused'} in {seconds:.1f} s")
+        return [output for _, output in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # no state of this process leaks in
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {
+            pool.submit(_timed_execution, source, output, dict(parameters), cwd, library): source
+            for source, output in jobs
+        }
+        failure = None
+        for future in as_completed(futures):
+            try:
+                ran, seconds = future.result()
+            except Exception as error:  # raised below, once every notebook has run
+                failure = failure or error
+                report(f"{futures[future].stem}: failed ({error})")
+                continue
+            report(f"{futures[future].stem}: {'executed' if ran else 'reused'} in {seconds:.1f} s")
+    if failure is not None:
+        raise failure
+    return [output for _, output in jobs]

@@ -182,6 +182,21 @@ def test_bad_parameter_stops_papermill_in_the_check_cell(tmp_path):
     assert not _code_cells(executed)[-1].get("outputs")  # the work cell never ran
 
 
+def test_parallel_execution_runs_every_notebook_and_raises_the_failure(tmp_path):
+    good, bad = tmp_path / "good.md", tmp_path / "bad.md"
+    good.write_text(TINY)
+    bad.write_text(TINY.replace("epsilon: float = 0.5", "epsilon: float = 5.0"))  # out of range
+    messages: list[str] = []
+    with pytest.raises(ValueError, match=r"bad\.md failed in cell 3"):
+        notebook_runner.execute_all(
+            [(bad, tmp_path / "bad.ipynb"), (good, tmp_path / "good.ipynb")], {},
+            report=messages.append, workers=2,
+        )
+    assert sorted(m.split(":")[0] for m in messages) == ["bad", "good"]
+    assert notebook_runner.stored_key(tmp_path / "good.ipynb") is not None  # kept for next time
+    assert notebook_runner.stored_key(tmp_path / "bad.ipynb") is None
+
+
 def test_dpbr_rerun_rejects_an_unknown_parameter_by_name(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "dpbr_lib.cli", "rerun", "theory_bounds",
