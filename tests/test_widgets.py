@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
 from ipywidgets.embed import embed_data
+from test_book import build_smoke_book
 
 from dpbr_lib.widgets import figure_png, grid_explorer
 
 PREFIX = "IPY_MODEL_"
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> Path:
+    return build_smoke_book(tmp_path_factory)
 
 
 def _point_bytes(epsilon, batch_size) -> bytes:
