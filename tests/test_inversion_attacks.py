@@ -125,13 +125,13 @@ def test_a_diverging_dlg_run_is_reported_never_a_nan_image():
         dlg(model, target, config=DLGConfig(lr=1e6, steps=5, retries=1), generator=generator)
 
 
-def test_a_stalled_dlg_run_is_restarted_from_a_fresh_draw():
+def test_a_dlg_run_that_does_not_fit_is_retried_from_a_fresh_draw():
     # seed 3's LeNet with this draw sits on a saturated plateau: no progress, restarted twice
     images = load_images(1, source="photos", start=3)
     model, target, generator = _target("lenet", images, seed=3)
     rec = dlg(model, target, config=DLGConfig(steps=100, tol=1e-7, patience=10),
               generator=generator)
-    assert rec.stalled >= 1 and rec.trial_losses[0] > 0.5
+    assert rec.retried >= 1 and rec.trial_losses[0] > 1e-4
     assert rec.loss == min(rec.trial_losses)
     assert psnr(rec.images, images.images)[0] >= 30.0  # measured 39.3 dB
 

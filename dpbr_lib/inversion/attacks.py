@@ -10,9 +10,9 @@ until their gradient matches g*:
   1000·‖g − g*‖²/‖g*‖² (DLG's own scale: ‖g*‖² is 200–950 for its LeNet on 32×32 images, while
   a gradient clipped to C = 0.01 has 1e-4 and torch's L-BFGS tests curvature against an absolute
   1e-10), and L-BFGS's own stopping tolerances are near zero (torch's 1e-7 and 1e-9 stop it on
-  the flat start of a saturated sigmoid net). A run that makes no progress (loss above
-  ``stall_ratio`` of its first value: DLG's known failure from a bad draw) is restarted from a
-  fresh draw and the best attempt kept.
+  the flat start of a saturated sigmoid net). A run that ends above ``accept`` (relative
+  distance; DLG's known failure from a bad draw: a flat start or a slow wrong basin) is retried
+  from a fresh draw, up to ``retries`` times, and the attempt of least distance kept.
 - **iDLG**, Zhao et al. 2020, "iDLG: improved deep leakage from gradients", Section 3: the label
   is read from the last layer's weight gradient — with non-negative features h,
   ∂CE/∂W_c = (p_c − y_c)·h, so only the true class's row is negative — then DLG on x̂ alone. For a
@@ -64,9 +64,9 @@ class DLGConfig:
     tolerance_grad: float = 1e-12  # L-BFGS's own tests (torch: 1e-7), on the normalised loss
     tolerance_change: float = 1e-14  # (torch: 1e-9); see the module docstring
     patience: int | None = None  # stop after this many steps without 0.1 % improvement
-    retries: int = 3  # fresh attempts after a divergence or a stall
+    retries: int = 3  # fresh attempts after a divergence or a failed fit
     retry_lr_factor: float = 0.5  # lr multiplier after each divergence
-    stall_ratio: float = 0.5  # an attempt ending above this × its first loss is restarted
+    accept: float = 1e-4  # an attempt ending above this ‖g − g*‖²/‖g*‖² is retried
     log_every: int = 10  # record the loss / update the progress bar every k steps
 
     def __post_init__(self) -> None:
@@ -81,7 +81,7 @@ class DLGConfig:
             check_int("patience", self.patience, low=1)
         check_int("retries", self.retries, low=0)
         check_float("retry_lr_factor", self.retry_lr_factor, low=0.0, high=1.0, low_open=True)
-        check_float("stall_ratio", self.stall_ratio, low=0.0, high=1.0)
+        check_float("accept", self.accept, low=0.0)
         check_int("log_every", self.log_every, low=1)
 
 
@@ -123,7 +123,7 @@ class Reconstruction:
     history: list[tuple[int, float]]  # (iteration, loss) of the kept trial, every log_every
     trial_losses: list[float] = field(default_factory=list)  # NaN for a diverged trial
     diverged: int = 0  # trials that ended in NaN/Inf and were restarted
-    stalled: int = 0  # DLG attempts that made no progress and were restarted
+    retried: int = 0  # DLG attempts that ended above ``accept`` (no fit) and were retried
     seconds: float = 0.0  # wall time of the whole attack
 
 
@@ -308,8 +308,8 @@ def dlg(
             attempts.append((final, x.detach(), soft, history))
             if not math.isfinite(final):
                 lr *= config.retry_lr_factor  # diverged: a fresh draw with a smaller step
-            elif final <= config.stall_ratio * history[0][1]:
-                break  # made progress: keep it
+            elif final <= config.accept:
+                break  # a fit: keep it
     finite = [a for a in attempts if math.isfinite(a[0])]
     if not finite:
         raise DivergenceError(
@@ -321,7 +321,7 @@ def dlg(
     recovered = labels if soft is None else soft.detach().argmax(dim=-1)
     return Reconstruction(
         name, x.clamp(0, 1), recovered, final, history, [a[0] for a in attempts],
-        diverged=len(attempts) - len(finite), stalled=len(finite) - 1,
+        diverged=len(attempts) - len(finite), retried=len(finite) - 1,
         seconds=time.perf_counter() - start,
     )
 

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dpbr_lib import privacy
+from dpbr_lib import aggregators, privacy
 from dpbr_lib._registry import Registry
 from dpbr_lib._validation import check_int
 from dpbr_lib.inversion.attacks import ATTACKS, CONFIGS, DLGConfig, IGConfig, Reconstruction
@@ -185,6 +185,7 @@ def _invert(
             "match": scores["order"],
             "gradient_distance": rec.loss,
             "diverged_attempts": rec.diverged,
+            "retried_attempts": rec.retried,
             "seconds": rec.seconds,
         }
     )
@@ -357,7 +358,8 @@ def defense_curves(
                 rows.append(row)
     columns = [
         "attack", "defense", "level", "seed", "psnr", "ssim", "mse", "label_accuracy", "failed",
-        "noise_std", "training_sigma", "gradient_distance", "diverged_attempts", "seconds",
+        "noise_std", "training_sigma", "gradient_distance", "diverged_attempts",
+        "retried_attempts", "seconds",
     ]
     return pd.DataFrame(rows)[columns]
 
@@ -424,8 +426,6 @@ def krum_vs_average(
     images, inverted as a batch. Returns a summary table (``psnr_picked_worker``: how well the
     image of the worker Krum picked is recovered under each rule) and the two experiments.
     """
-    from dpbr_lib import aggregators
-
     prof = _resolve(attack, profile)
     workers = check_int("workers", workers, low=1)
     krum = aggregators.get("krum")
