@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -88,15 +89,19 @@ def time_interleaved(
     settings: Settings,
     repeats: int | None = None,
     warmup: int | None = None,
+    once: Sequence[float] | None = None,
 ) -> list[float]:
-    """Median seconds per call of each callable, timed interleaved after ``warmup`` (default
-    ``settings.warmup``) untimed calls each, then one more call that sizes the repeats.
-    Callables slower than ``settings.slow_seconds`` get 3 repeats."""
+    """Median seconds per call of each callable, timed interleaved.
+
+    First ``warmup`` (default ``settings.warmup``) untimed calls each, then one timed call that
+    sizes the repeats (``once``: those seconds, when the caller already has them). A callable
+    slower than ``settings.slow_seconds`` makes every callable run 3 repeats of one call."""
     repeats = repeats or settings.repeats
-    for fn in fns:
-        for _ in range(settings.warmup if warmup is None else warmup):
-            fn()
-    once = [_single_call(fn) for fn in fns]
+    if once is None:
+        for fn in fns:
+            for _ in range(settings.warmup if warmup is None else warmup):
+                fn()
+        once = [_single_call(fn) for fn in fns]
     numbers = [max(1, math.ceil(settings.min_seconds / max(t, 1e-9))) for t in once]
     if max(once) > settings.slow_seconds:
         repeats = min(repeats, 3)  # calls of seconds each: keep the full run within minutes
@@ -108,6 +113,12 @@ def time_interleaved(
                 fn()
             out.append((time.perf_counter() - tic) / number)
     return [statistics.median(s) for s in samples]
+
+
+def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    tic = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - tic
 
 
 def allclose(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
@@ -138,15 +149,20 @@ def compare(
     name, fn = method
     if baseline is None:
         (seconds,) = time_interleaved([fn], settings, repeats)
-        return Row(topic, case, name, time_s=seconds, note=note)
+        return report(Row(topic, case, name, time_s=seconds, note=note))
     base_name, base_fn = baseline
     if check is None:  # results that are not meant to agree (e.g. a lower bound on the cost)
         correct = None
         seconds, base_seconds = time_interleaved([fn, base_fn], settings, repeats)
     else:
-        correct = check(fn(), base_fn())
-        # the check was the warm-up call
-        seconds, base_seconds = time_interleaved([fn, base_fn], settings, repeats, warmup=0)
+        (result, first), (expected, base_first) = _timed(fn), _timed(base_fn)
+        correct = check(result, expected)
+        del result, expected
+        # the check was the warm-up; slow calls are sized by it, fast ones by one more call
+        slow = max(first, base_first) > settings.slow_seconds
+        seconds, base_seconds = time_interleaved(
+            [fn, base_fn], settings, repeats, warmup=0, once=[first, base_first] if slow else None
+        )
     speedup = base_seconds / seconds
     row = Row(
         topic,
@@ -162,6 +178,18 @@ def compare(
     if target is not None:
         row.target = f"speedup >= {target:g}"
         row.met = speedup >= target
+    return report(row)
+
+
+def report(row: Row) -> Row:
+    """Print one line per measurement on stderr as it finishes (full runs take minutes)."""
+    against = f" vs {row.baseline} {row.baseline_s:.4g} s" if row.baseline else ""
+    verdict = "" if row.correct is None else ("  ok" if row.correct else "  MISMATCH")
+    print(
+        f"  {row.topic} | {row.case} | {row.method} {row.time_s:.4g} s{against}{verdict}",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 

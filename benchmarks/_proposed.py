@@ -11,6 +11,12 @@ there; once applied, its rows compare the library with itself and the function c
   only the n (n - 1) / 2 pairs and a faster kernel), mirrored into ``Tensor[n, n]``.
 - :func:`mda`: the same rule with the subset-pair index table cached per (n, f) and one gather
   from the condensed distances.
+- :func:`coordinate_median` for ``dpbr_lib/aggregators/coordinatewise.py``: ``torch.median``
+  (selection) for odd n instead of a full sort.
+- :func:`geometric_median` for ``dpbr_lib/aggregators/iterative.py``: the Weiszfeld weighted
+  sum as one matrix-vector product.
+- :func:`centered_clipping` for ``dpbr_lib/aggregators/iterative.py::centered_clipping``: the
+  clipped mean as one matrix-vector product instead of an [n, d] ``torch.where`` and a mean.
 - :func:`clipped_worker_means` for ``dpbr_lib/training.py::honest_gradients`` (clip_mode
   "per_sample"): per-sample norms from the per-parameter blocks, then one batched matmul per
   parameter reduces each worker's b scaled gradients, so the [h * b, d] matrix is never
@@ -31,7 +37,7 @@ import torch
 from torch import nn
 
 from dpbr_lib import aggregators
-from dpbr_lib.aggregators import _core, distance
+from dpbr_lib.aggregators import _core, coordinatewise, distance, iterative, preaggregation
 
 
 def finite_rows(gradients: torch.Tensor) -> torch.Tensor:
@@ -83,28 +89,94 @@ def mda(gradients: torch.Tensor, f: int) -> torch.Tensor:
     return gradients[chosen].mean(dim=0)  # [d]
 
 
+def coordinate_median(gradients: torch.Tensor) -> torch.Tensor:
+    """The library's coordinate median; for odd n by selection (``torch.median``, exact since
+    the middle value is unique) instead of a full sort along the strided dim 0."""
+    n = gradients.shape[0]
+    if n % 2 == 1:
+        return gradients.median(dim=0).values  # [d]
+    ordered = gradients.sort(dim=0).values  # [n, d]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2  # [d]
+
+
+def geometric_median(
+    gradients: torch.Tensor,
+    f: int,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    nu: float = 1e-6,
+) -> torch.Tensor:
+    """The library's smoothed Weiszfeld iteration with the weighted sum as one matrix-vector
+    product, w @ X / sum(w), instead of an [n, d] product and a sum."""
+    z = coordinate_median(gradients)  # [d]
+    for _ in range(max_iter):
+        distances = torch.linalg.vector_norm(gradients - z, dim=1).clamp_min(nu)  # [n]
+        weights = distances.reciprocal()  # [n]
+        new = (weights @ gradients) / weights.sum()  # [d]
+        moved = float(torch.linalg.vector_norm(new - z))
+        z = new
+        if moved <= tol * float(torch.linalg.vector_norm(z)):
+            break
+    return z
+
+
+def centered_clipping(
+    gradients: torch.Tensor,
+    f: int,
+    *,
+    tau: float = 1.0,
+    iterations: int = 3,
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The library's centered clipping with the clipped mean as one matrix-vector product,
+    (1/n) sum_i s_i (x_i - v) = s @ (X - v) / n, instead of an [n, d] ``torch.where`` and a
+    mean (and the proposed median as the default start). Rows whose offset norm is infinite
+    get weight 0, as ``torch.where`` gave them."""
+    n = gradients.shape[0]
+    v = coordinate_median(gradients) if init is None else init  # [d]
+    for _ in range(iterations):
+        offsets = gradients - v  # [n, d]
+        norms = torch.linalg.vector_norm(offsets, dim=1)  # [n]
+        scale = (tau / norms).clamp(max=1.0)  # [n]
+        finite = torch.isfinite(norms)  # [n]
+        if not bool(finite.all()):  # an overflowing offset: its row moves v by 0
+            offsets = torch.where(finite[:, None], offsets, 0.0)
+            scale = torch.where(finite, scale, 0.0)
+        v = v + (scale @ offsets) / n  # [d]
+    return v
+
+
+#: Rules replaced by a proposed version (the others only get the proposed helpers).
+RULES = {"mda": mda, "centered_clipping": centered_clipping, "geometric_median": geometric_median}
+
+
 @contextlib.contextmanager
 def patched() -> Iterator[None]:
     """Library module attributes swapped for the proposed versions inside the block."""
-    saved = (_core.finite_rows, distance.pairwise_distances)
-    _core.finite_rows = finite_rows
-    distance.pairwise_distances = pairwise_distances
-    from dpbr_lib.aggregators import preaggregation
-
-    saved_pre = preaggregation.pairwise_distances
-    preaggregation.pairwise_distances = pairwise_distances
+    swaps = [
+        (_core, "finite_rows", finite_rows),
+        (distance, "pairwise_distances", pairwise_distances),
+        (preaggregation, "pairwise_distances", pairwise_distances),
+        (coordinatewise, "coordinate_median", coordinate_median),
+        (distance, "coordinate_median", coordinate_median),
+        (iterative, "coordinate_median", coordinate_median),
+    ]
+    saved = [getattr(module, name) for module, name, _ in swaps]
+    for module, name, new in swaps:
+        setattr(module, name, new)
     try:
         yield
     finally:
-        _core.finite_rows, distance.pairwise_distances = saved
-        preaggregation.pairwise_distances = saved_pre
+        for (module, name, _), old in zip(swaps, saved, strict=True):
+            setattr(module, name, old)
 
 
 def aggregator(name: str, **options: object) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The library's aggregator ``name`` run with the proposed helpers (and the proposed MDA)."""
     agg = aggregators.get(name, **options)
-    if name == "mda":
-        rule = dataclasses.replace(_core.RULES.get("mda"), fn=mda)
+    if name in RULES:
+        rule = dataclasses.replace(_core.RULES.get(name), fn=RULES[name])
         agg = _core.Aggregator((), rule, options)
 
     def call(gradients: torch.Tensor, f: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Against the hardware: FLOP rate of the per-sample gradient computation as a fraction of the
 machine's matmul rate, both measured in this process.
 
-The matmul rate: a square float32 ``torch.mm`` (N = 2048; quick: 512), 2 N^3 FLOPs per call.
+The matmul rate: a square float32 ``torch.mm`` (N = 2048; quick: 256), 2 N^3 FLOPs per call.
 The gradient computation: the step of :mod:`bench_per_sample` (h = 6 honest workers, b samples
 each, both CNNs), timed through :func:`dpbr_lib.training.honest_gradients`.
 
@@ -21,7 +21,7 @@ import argparse
 
 import torch
 from _harness import Row, Settings, time_interleaved
-from bench_per_sample import HONEST, MODELS, make_step, ours
+from bench_per_sample import HONEST, make_step, models_for, ours
 from torch.utils.flop_counter import FlopCounterMode
 
 from dpbr_lib import models, training
@@ -31,7 +31,7 @@ TOPIC = "hardware"
 
 def matmul_rate(settings: Settings) -> tuple[float, float, int]:
     """(FLOP/s of a square float32 torch.mm, seconds per call, its size N)."""
-    size = 512 if settings.quick else 2048
+    size = 256 if settings.quick else 2048
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator)  # [N, N]
     b = torch.randn(size, size, generator=generator)  # [N, N]
@@ -64,7 +64,7 @@ def run(settings: Settings) -> list[Row]:
             note="the machine's measured matmul rate, the reference of this topic",
         )
     ]
-    for label, shape in MODELS.items():
+    for label, shape in models_for(settings).items():
         for b in batches:
             model, x, y = make_step(shape, b)
             flops = gradient_flops(model, x, y)

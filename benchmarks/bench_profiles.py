@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import Row, Settings
+from _harness import Row, Settings, report
 
 from dpbr_lib.cli import build_parser
 
@@ -80,13 +80,15 @@ def run(settings: Settings) -> list[Row]:
             seconds = time.perf_counter() - tic
             last = (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""
             rows.append(
-                Row(
-                    TOPIC,
-                    shown,
-                    "wall time",
-                    time_s=seconds,
-                    correct=done.returncode == 0,
-                    note=f"exit {done.returncode}: {last[:200]}" if done.returncode else "",
+                report(
+                    Row(
+                        TOPIC,
+                        shown,
+                        "wall time",
+                        time_s=seconds,
+                        correct=done.returncode == 0,
+                        note=f"exit {done.returncode}: {last[:200]}" if done.returncode else "",
+                    )
                 )
             )
     return rows

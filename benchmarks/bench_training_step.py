@@ -6,7 +6,7 @@ workers that all attack, clip 0.01, delta = 1e-6, MDA against "a little is enoug
 b = 50 samples per honest worker, per-sample clipping.
 
 The time per step is the difference of two runs' wall times, ``(T(S2) - T(S1)) / (S2 - S1)``
-(S1 = 5, S2 = 30; quick: 2 and 4), so set-up (data, model, the initial evaluation, the
+(S1 = 5, S2 = 30; quick: 1 and 3), so set-up (data, model, the initial evaluation, the
 accountant) cancels; each run evaluates only after its last step, once in both runs. The split
 is the mean of ``train``'s own per-step timers (``time_gradients``, ``time_privacy``,
 ``time_attack``, ``time_aggregation``) over the steps of the longer run; "other" is the rest
@@ -51,7 +51,7 @@ def reference_config(steps: int) -> dict:
 
 
 def run(settings: Settings) -> list[Row]:
-    short, long = (2, 4) if settings.quick else (5, 30)
+    short, long = (1, 3) if settings.quick else (5, 30)
     repeats = 1 if settings.quick else 3
     training.train(reference_config(short))  # warm-up: data set cache, torch.func tracing
     per_step, parts = [], {p: [] for p in PARTS}
