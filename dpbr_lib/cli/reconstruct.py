@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
             files = [
                 str(out / f"{name}.csv"),
                 _save(plots.plot_reconstruction(result), out, name),
-                _save(plots.plot_loss(result.reconstruction, title=result.caption[:90]), out,
-                      f"{name}-loss"),
+                _save(plots.plot_loss(result.reconstruction, title=(
+                    f"{name}: {result.reconstruction.attack} on {result.model}, "
+                    f"{result.profile} profile, seed {args.seed}")), out, f"{name}-loss"),
             ]
             table = result.table
             shown = table[table["selected"]] if "selected" in table else table

@@ -13,12 +13,12 @@ until their gradient matches g*:
   the flat start of a saturated sigmoid net). A run that ends above ``accept`` (relative
   distance; DLG's known failure from a bad draw: a flat start or a slow wrong basin) is retried
   from a fresh draw, up to ``retries`` times, and the attempt of least distance kept.
-- **iDLG**, Zhao et al. 2020, "iDLG: improved deep leakage from gradients", Section 3: the label
+- **iDLG**, Zhao et al. 2020, "iDLG: improved deep leakage from gradients": the label
   is read from the last layer's weight gradient — with non-negative features h,
   ∂CE/∂W_c = (p_c − y_c)·h, so only the true class's row is negative — then DLG on x̂ alone. For a
-  batch of B distinct labels the B most negative rows are taken (the batch extension of Yin et
-  al. 2021, "See through gradients", Section 3.2, on row sums).
-- **Inverting Gradients**, Geiping et al. 2020, Section 4, Eq. (4) and their ``inversefed``:
+  batch of B distinct labels the B most negative row sums are taken (Yin et al. 2021, "See
+  through gradients", restore batch labels the same way from the rows' minima).
+- **Inverting Gradients**, Geiping et al. 2020, their objective and ``inversefed``'s defaults:
   min_x 1 − ⟨∇θL(x, y), g*⟩ / (‖∇θL(x, y)‖‖g*‖) + α·TV(x), by Adam (lr 0.1) on the *sign* of
   the gradient of x, x boxed to the data range after every step, lr × 0.1 at 3/8, 5/8 and 7/8 of
   the iterations, several restarts keeping the one of least gradient distance. Like inversefed the
@@ -153,7 +153,7 @@ def _scaled_l2_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_distance(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 − cos(g, g*) over the whole flat gradient (Inverting Gradients, Eq. 4)."""
+    """1 − cos(g, g*) over the whole flat gradient (Inverting Gradients' distance)."""
     return 1.0 - (g * target).sum() / (g.norm() * target.norm())
 
 

@@ -1,14 +1,14 @@
 """The networks whose gradients the attacks invert.
 
 - :class:`DLGLeNet`: the LeNet of Zhu et al. 2019 ("Deep leakage from gradients", NeurIPS,
-  Section 4.1 and their ``models/vision.py``): three 5×5 convolutions with 12 channels, strides
+  and their ``models/vision.py``): three 5×5 convolutions with 12 channels, strides
   2, 2, 1, padding 2, sigmoid after each, one linear layer (12·8·8 = 768 inputs for 32×32).
   Weights and biases uniform(−0.5, 0.5) (:func:`dlg_init_`).
 - :class:`ConvNet`: a small ReLU ConvNet for Inverting Gradients on a CPU (our choice, smaller
   than Geiping et al.'s 8-layer ConvNet): conv3×3 (w), conv3×3 stride 2 (2w), conv3×3 stride 2
   (4w), linear. No BatchNorm, so per-sample gradients exist.
 - :func:`resnet32_10`: the ResNet32-10 of Geiping et al. 2020 ("Inverting gradients", NeurIPS,
-  Section 5 and ``inversefed/nn/models.py``): a CIFAR ResNet with 3 stages of 5 BasicBlocks,
+  and ``inversefed/nn/models.py``): a CIFAR ResNet with 3 stages of 5 BasicBlocks,
   strides 1, 2, 2, base width 16·10 = 160 (widths 160, 320, 640), 3×3 stem, global average
   pooling, linear head.
 
@@ -59,7 +59,7 @@ def _check_side(name: str, side: int, multiple: int) -> int:
 
 
 class DLGLeNet(nn.Module):
-    """LeNet of Zhu et al. 2019 (DLG), Section 4.1: conv5×5/12 ×3 with sigmoid, one linear."""
+    """LeNet of Zhu et al. 2019 (DLG): conv5×5/12 ×3 with sigmoid, one linear layer."""
 
     def __init__(self, num_classes: int = 100, channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
@@ -133,7 +133,7 @@ class ConvNet(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet (He et al. 2016, Section 4.2) with a free base width, as in inversefed."""
+    """CIFAR ResNet (He et al. 2016, 6n+2 layers) with a free base width, as in inversefed."""
 
     def __init__(
         self,

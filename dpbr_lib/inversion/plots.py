@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from dpbr_lib.inversion.attacks import Reconstruction
 from dpbr_lib.inversion.defenses import training_sigma
@@ -109,52 +110,68 @@ def plot_defense_curves(
 ) -> Figure:
     """One panel per defense family: ``metric`` (seed mean ± std) against the level, per attack.
 
-    The failure threshold is a dashed line and each attack's failure level a vertical marker.
-    On the ε panel a second axis shows σ = gaussian_sigma(ε, δ, 2C/b) of the Byzantine-resilient
-    training (C = 0.01, δ = 1e-6, b = 50); on the σ panel dotted lines mark that training σ at a
-    few ε (the training gradient has norm at most C = 0.01, the attacked ones are unclipped).
+    The failure threshold is a dashed line, each attack's undefended value a faint line and its
+    failure level a dotted vertical line. On the ε panel a second axis shows the σ that ε means
+    for the Byzantine-resilient training (:func:`~.defenses.training_sigma`: C = 0.01, δ = 1e-6,
+    b = 50); on the σ panel dash-dotted lines mark that training σ at a few ε (the training
+    gradient has norm at most C = 0.01; the attacked gradients here are unclipped).
     """
     families = [f for f in STRONGER_WHEN_LARGER if f in set(curves["defense"])]
-    fig = Figure(figsize=(4.2 * max(1, len(families)), 3.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(families)), squeeze=False)[0])
+    columns = min(2, max(1, len(families)))
+    rows = math.ceil(max(1, len(families)) / columns)
+    fig = Figure(figsize=(5.6 * columns, 3.9 * rows), layout="constrained")
+    axes = np.ravel(fig.subplots(rows, columns, squeeze=False))
     failures = failure_levels(curves)
     for ax, family in zip(axes, families, strict=False):
-        rows = curves[curves["defense"] == family]
-        for attack, group in rows.groupby("attack", sort=False):
-            stats = group.groupby("level")[metric].agg(["mean", "std"]).sort_index()
-            line = ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0),
-                               marker="o", capsize=2, label=attack)
-            base = curves[(curves["attack"] == attack) & (curves["defense"] == "none")][metric]
-            if len(base):
-                ax.axhline(base.mean(), color=line[0].get_color(), lw=0.6, alpha=0.5)
-            fail = failures[(failures["attack"] == attack) & (failures["defense"] == family)]
-            if len(fail) and not math.isnan(fail["fails_at"].iloc[0]):
-                ax.axvline(fail["fails_at"].iloc[0], color=line[0].get_color(), ls=":", lw=1.2)
-        ax.axhline(_THRESHOLDS[metric], color="k", ls="--", lw=0.8, label="fails below")
-        low, high = rows["level"].min(), rows["level"].max()
-        ax.set_xlim(low / 2, high * 2)
-        ax.set_xscale("log")
-        ax.set_xlabel(_AXIS_LABELS[family], fontsize=8)
-        ax.set_ylabel(metric.upper())
-        if family == "epsilon":
-            twin = ax.twinx()
-            grid = np.logspace(np.log10(low / 2), np.log10(high * 2), 50)
-            twin.plot(grid, [training_sigma(e) for e in grid], color="gray", lw=1)
-            twin.set_yscale("log")
-            twin.set_ylabel("training σ at this ε (C=0.01, b=50)", fontsize=7, color="gray")
-        if family == "sigma":
-            for eps in epsilons_for_training:
-                sigma = training_sigma(eps)
-                ax.axvline(sigma, color="gray", ls="-.", lw=0.8)
-                ax.annotate(f"training σ, ε={eps:g}", (sigma, ax.get_ylim()[1]), fontsize=6,
-                            rotation=90, va="top", ha="right", color="gray")
-        ax.legend(fontsize=7)
+        _defense_panel(ax, curves, family, metric, failures, epsilons_for_training)
+    for ax in axes[len(families) :]:
+        ax.set_axis_off()
     fig.suptitle(
-        f"{metric.upper()} of the reconstruction vs defense strength (line: undefended; dotted: "
-        f"level where the attack fails, PSNR < {FAIL_PSNR_DB:g} dB or SSIM < {FAIL_SSIM:g})",
+        f"{metric.upper()} of the reconstruction against the defense (seed mean ± std; faint: "
+        f"undefended; dotted: where the attack fails, PSNR < {FAIL_PSNR_DB:g} dB or SSIM < "
+        f"{FAIL_SSIM:g})",
         fontsize=8,
     )
     return fig
+
+
+def _defense_panel(ax, curves, family, metric, failures, epsilons_for_training) -> None:
+    rows = curves[curves["defense"] == family]
+    for attack, group in rows.groupby("attack", sort=False):
+        stats = group.groupby("level")[metric].agg(["mean", "std"]).sort_index()
+        line = ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o",
+                           capsize=2, label=attack)
+        color = line[0].get_color()
+        base = curves[(curves["attack"] == attack) & (curves["defense"] == "none")][metric]
+        if len(base):
+            ax.axhline(base.mean(), color=color, lw=0.8, alpha=0.4)
+        fail = failures[(failures["attack"] == attack) & (failures["defense"] == family)]
+        if len(fail) and not math.isnan(fail["fails_at"].iloc[0]):
+            ax.axvline(fail["fails_at"].iloc[0], color=color, ls=":", lw=1.4)
+    ax.axhline(_THRESHOLDS[metric], color="k", ls="--", lw=0.8, label="fails below")
+    levels = np.sort(rows["level"].unique())
+    low, high = levels[0] / 2, levels[-1] * 2
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    ax.set_xticks(levels, [f"{level:g}" for level in levels])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(_AXIS_LABELS[family], fontsize=8)
+    ax.set_ylabel(metric.upper())
+    if family == "epsilon":
+        twin = ax.twinx()
+        grid = np.logspace(np.log10(low), np.log10(high), 50)
+        twin.plot(grid, [training_sigma(e) for e in grid], color="gray", lw=1)
+        twin.set_yscale("log")
+        twin.set_ylabel("σ of the training at this ε (C=0.01, b=50)", fontsize=7, color="gray")
+    if family == "sigma":
+        for eps in epsilons_for_training:
+            sigma = training_sigma(eps)
+            if low <= sigma <= high:
+                ax.axvline(sigma, color="gray", ls="-.", lw=0.8)
+                ax.annotate(f"training σ at ε={eps:g}", (sigma, 0.98),
+                            xycoords=("data", "axes fraction"), fontsize=6, rotation=90,
+                            va="top", ha="right", color="gray")
+    ax.legend(fontsize=7)
 
 
 def plot_krum(summary: pd.DataFrame, experiments: dict[str, Experiment]) -> Figure:
