@@ -19,6 +19,7 @@ import ast
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 import types
@@ -49,8 +50,7 @@ KERNEL_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 class Constraint:
     """A value rule applied to a parameter (or to each element of a list parameter)."""
 
-    check: Callable[[str, object], object]
-    describe: str
+    check: Callable[[str, object], object]  #: ``(name, value) -> value``, raising if it breaks
 
 
 def between(
@@ -78,13 +78,11 @@ def between(
             name, value, low=low, high=high, low_open=low_open, high_open=high_open
         )
 
-    return Constraint(check, f"between {low} and {high}")
+    return Constraint(check)
 
 
 def _int_bound(bound: float, open_: bool, direction: int) -> int:
     """The tightest integer inside an (open or closed) real bound."""
-    import math
-
     if direction > 0:
         return math.floor(bound) + 1 if open_ or bound != math.floor(bound) else int(bound)
     return math.ceil(bound) - 1 if open_ or bound != math.ceil(bound) else int(bound)
@@ -97,10 +95,7 @@ def one_of(choices: Iterable[str]) -> Constraint:
     'smoke'
     """
     options = tuple(choices)
-    return Constraint(
-        lambda name, value: _validation.check_choice(name, value, options),
-        f"one of {', '.join(options)}",
-    )
+    return Constraint(lambda name, value: _validation.check_choice(name, value, options))
 
 
 # --------------------------------------------------------------------------- declared parameters
@@ -216,12 +211,9 @@ def _check_type(name: str, value: object, annotation: object) -> object:
     """``value`` converted to ``annotation`` (bool, int, float, str, None, list[...], unions)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(annotation):
-            try:
+            with contextlib.suppress(TypeError, ValueError):  # try the next member of the union
                 return _check_type(name, value, option)
-            except (TypeError, ValueError) as error:
-                errors.append(error)
         raise TypeError(
             f"The {name!r} parameter must be {_type_name(annotation)}. Got {value!r} instead."
         )
