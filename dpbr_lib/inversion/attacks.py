@@ -402,7 +402,7 @@ def inverting_gradients(
     best_loss, best_z, best_history = min(trials, key=lambda t: t[0])
     return Reconstruction(
         "ig", (mean + std * best_z).clamp(0, 1), labels, best_loss, best_history, scores,
-        len(scores) - len(trials), time.perf_counter() - start,
+        diverged=len(scores) - len(trials), seconds=time.perf_counter() - start,
     )
 
 

@@ -69,7 +69,7 @@ PROFILES.register(
         defense_dlg=DLGConfig(steps=300),
         defense_ig=IGConfig(iterations=24_000, restarts=4, tv=1e-2),
         seeds=(0, 1, 2, 3, 4),
-        epsilons=(1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6),
+        epsilons=(1.0, 10.0, 1e2, 1e3, 1e4, 1e6, 1e8, 1e10, 1e12),
         sigmas=(1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0),
         keep_ratios=(0.5, 0.3, 0.1, 0.03, 0.01),
     ),
@@ -86,7 +86,7 @@ PROFILES.register(
         defense_dlg=DLGConfig(steps=100, patience=10, retries=1),
         defense_ig=IGConfig(iterations=300, restarts=1, tv=1e-2),
         seeds=(2, 3),  # the coffee and rocket crops: undefended DLG passes 30 dB in 100 steps
-        epsilons=(1e2, 1e4, 1e6),
+        epsilons=(1e2, 1e5, 1e8, 1e11),  # b = 1, d ≈ 85k: DLG needs a huge ε to see anything
         sigmas=(1e-3, 1e-2, 1e-1),
         keep_ratios=(0.3, 0.1, 0.03),
     ),
