@@ -331,8 +331,9 @@ def defense_curves(
     """
     if not attacks:
         raise ValueError("The 'attacks' parameter must name at least one attack. Got ().")
-    for attack in attacks:
-        prof = _resolve(attack, profile)
+    for attack in attacks[1:]:
+        ATTACKS.get(attack)  # unknown attack: error listing the registry's names
+    prof = _resolve(attacks[0], profile)
     prof = replace(
         prof,
         seeds=prof.seeds if seeds is None else tuple(seeds),

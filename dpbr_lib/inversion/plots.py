@@ -153,7 +153,7 @@ def _defense_panel(ax, curves, family, metric, failures, epsilons_for_training) 
     low, high = levels[0] / 2, levels[-1] * 2
     ax.set_xscale("log")
     ax.set_xlim(low, high)
-    ax.set_xticks(levels, [f"{level:g}" for level in levels])
+    ax.set_xticks(levels, [f"{level:.3g}" for level in levels])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(_AXIS_LABELS[family], fontsize=8)
     ax.set_ylabel(metric.upper())
