@@ -5,18 +5,21 @@ runs this topic only with ``--quick-profiles``).
 Each command runs once, as a user would type it, in a fresh process (``python -m
 dpbr_lib.cli``) writing into a temporary folder, so no cached result is reused. The preset and
 experiment names are read from the ``dpbr`` parser itself. ``correct`` is the command's success
-(exit status 0); the time includes the interpreter's start and imports.
+(exit status 0); the time includes the interpreter's start and imports. The commands get
+``OMP_NUM_THREADS`` = this process's torch thread count (``run_all.py --threads``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from _harness import Row, Settings, report
 
 from dpbr_lib.cli import build_parser
@@ -70,12 +73,17 @@ def commands(folder: Path) -> list[list[str]]:
 
 def run(settings: Settings) -> list[Row]:
     rows = []
+    # run_all's --threads reaches the commands (sweep workers still set their own share)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with tempfile.TemporaryDirectory(prefix="dpbr-profiles-") as tmp:
         for argv in commands(Path(tmp)):
             shown = "dpbr " + " ".join(argv[:4])
             tic = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, "-m", "dpbr_lib.cli", *argv], capture_output=True, text=True
+                [sys.executable, "-m", "dpbr_lib.cli", *argv],
+                capture_output=True,
+                text=True,
+                env=environment,
             )
             seconds = time.perf_counter() - tic
             last = (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else ""

@@ -101,7 +101,9 @@ def to_markdown(table: pd.DataFrame, machine: Machine) -> str:
 def _seconds(value: float) -> str:
     if value is None or not math.isfinite(value):
         return ""
-    return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
+    if value < 1:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
 
 
 def _number(value: float) -> str:
