@@ -183,7 +183,8 @@ SPARSIFICATION = dataclasses.replace(
         "paper": PAPER,
         # 3 x 6 sparsifiers x 2 b = 36 runs: the smaller b keep it within 5 minutes
         "quick": dataclasses.replace(QUICK, batch_sizes=(10, 25)),
-        "smoke": SMOKE,
+        # two kept fractions, so that the chapter's explorer has a slider to move
+        "smoke": dataclasses.replace(SMOKE, keep_ratios=(0.5, 0.1)),
     }),
     figures=("resilience_sparsify", "heatmap"),
 )

@@ -1,10 +1,15 @@
 """The built book in a real browser: the ε and b sliders swap the figure, offline.
 
 Debian's chromium, headless, driven by Selenium through Debian's chromedriver (never a
-downloaded driver), loads the smoke build of the theory chapter from a server on 127.0.0.1,
-moves each slider with the keyboard, checks that the figure shown changed, and checks that no
+downloaded driver), loads each chapter that has an explorer from a server on 127.0.0.1, moves
+each slider with the keyboard, checks that the figure shown changed, and checks that no
 request left localhost. chromium and chromium-driver are installed with apt-get when missing
 and the tests run as root.
+
+The pages are the smoke build's, unless ``DPBR_BOOK_HTML`` names a built site (for instance
+``book/_build/html`` after ``make book``), which is then checked instead::
+
+    DPBR_BOOK_HTML=book/_build/html .venv/bin/python -m pytest tests/test_browser.py
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ FLAGS = (
     "--window-size=1280,2000",
 )
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+#: The chapters whose explorers (``dpbr_lib.widgets.grid_explorer``) the test drives.
+EXPLORER_PAGES = ("theory_bounds", "cnn_experiments", "sparsification")
+SITE_VARIABLE = "DPBR_BOOK_HTML"
 
 # The image each explorer shows now, as pixels (canvas data URL), and how many are visible.
 VISIBLE_IMAGES = """
@@ -64,8 +72,13 @@ def chromium() -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
-    """The smoke build's HTML served on 127.0.0.1 (a free port) for the session."""
-    html = build_smoke_book(tmp_path_factory) / "_build" / "html"
+    """The built HTML (``DPBR_BOOK_HTML``, else the smoke build) on 127.0.0.1, a free port."""
+    if os.environ.get(SITE_VARIABLE):
+        html = Path(os.environ[SITE_VARIABLE]).resolve()
+        if not (html / "index.html").is_file():
+            pytest.fail(f"{SITE_VARIABLE}={html} holds no built site (no index.html)")
+    else:
+        html = build_smoke_book(tmp_path_factory) / "_build" / "html"
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):  # keep the test output clean
@@ -115,24 +128,29 @@ def _requested_urls(browser) -> set[str]:
     return urls
 
 
-def test_sliders_swap_the_figure_offline(site, browser):
+@pytest.mark.parametrize("page", EXPLORER_PAGES)
+def test_sliders_swap_the_figure_offline(site, browser, page):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{site}/_executed/theory_bounds.html")
+    browser.get(f"{site}/_executed/{page}.html")
     wait = WebDriverWait(browser, 30)
     handles = wait.until(
         lambda b: (found := b.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle"))
         and len(found) >= 2 and found
     )
     shown = wait.until(lambda b: (images := b.execute_script(VISIBLE_IMAGES)) and images)
-    assert len(shown) == 1, "exactly one image of the ε × b grid is visible"
+    assert len(shown) == 1, "exactly one image of the explorer's grid is visible"
 
     def changed_from(before):
         return lambda b: (now := b.execute_script(VISIBLE_IMAGES)) and now != before and now
 
-    for handle in handles[:2]:  # the ε slider, then the b slider
+    # A slider over a single value (a smoke grid's one batch size) has nowhere to move.
+    movable = [h for h in handles
+               if float(h.get_attribute("aria-valuemax")) > float(h.get_attribute("aria-valuemin"))]
+    assert movable, "no slider has more than one position"
+    for handle in movable:
         before = browser.execute_script(VISIBLE_IMAGES)
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", handle)
         handle.click()
