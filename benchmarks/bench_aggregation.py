@@ -310,48 +310,13 @@ def run(settings: Settings) -> list[Row]:
     return rows
 
 
-def run_proposed(settings: Settings) -> list[Row]:
-    """The same rows with the patched helpers of ``_proposed.py``, plus each against the
-    current library (speedup = current time / proposed time)."""
-    import _proposed
-
-    def make(rule: str, d: int) -> Ours:
-        if rule == "centered_clipping":
-            return _proposed.aggregator(rule, init=torch.zeros(d))
-        return _proposed.aggregator(rule)
-
-    rows: list[Row] = []
-    for n, d in _sizes(settings):
-        for rule in RULES:
-            if rule == "geometric_median" and d > 10**4 and n > 11:
-                continue  # minutes per call at these sizes; its change is the same at n = 11
-            label = f"{rule} [proposed]"
-            rows.extend(_rule_rows(rule, n, d, settings, make, label))
-            f = RULES[rule](n)
-            x = make_gradients(n, f, d)
-            new, old = make(rule, d), _ours(rule, d)
-            rows.append(
-                compare(
-                    TOPIC,
-                    f"n={n} f={f} d={d}",
-                    (label, lambda new=new, x=x, f=f: new(x, f)),
-                    ("current library", lambda old=old, x=x, f=f: old(x, f)),
-                    settings,
-                    check=_check_for(rule, x),
-                )
-            )
-        rows.extend(_limit_row(n, d, settings, make, "mda [proposed]"))
-    return rows
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--proposed", action="store_true")
     args = parser.parse_args()
     import pandas as pd
 
     settings = Settings.make(args.quick)
-    rows = run(settings) + (run_proposed(settings) if args.proposed else [])
+    rows = run(settings)
     table = pd.DataFrame([r.as_dict() for r in rows])
     print(table.to_string())

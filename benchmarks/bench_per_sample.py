@@ -164,46 +164,13 @@ def run(settings: Settings) -> list[Row]:
     return rows
 
 
-def run_proposed(settings: Settings) -> list[Row]:
-    """``_proposed.clipped_worker_means`` against the loop, Opacus and the current library."""
-    import _proposed
-
-    batches = (10,) if settings.quick else (10, 50, 500)
-    loss_fn = training.LOSSES.get("cross_entropy")
-    rows: list[Row] = []
-    for label, shape in models_for(settings).items():
-        for b in batches:
-            model, x, y = make_step(shape, b)
-            case = f"{label} d={models.count_parameters(model)} h={HONEST} b={b}"
-            method = (
-                "torch.func [proposed]",
-                lambda m=model, x=x, y=y: _proposed.clipped_worker_means(m, loss_fn, x, y, CLIP),
-            )
-            module = opacus_module(model)
-            baselines = [
-                (
-                    "loop",
-                    lambda m=model, x=x, y=y: loop(m, loss_fn, x, y),
-                    TARGET_LOOP if b == 50 else None,
-                ),
-                ("opacus", lambda m=module, x=x, y=y: opacus(m, x, y), TARGET_OPACUS),
-                ("current library", lambda m=model, x=x, y=y: ours(m, loss_fn, x, y), None),
-            ]
-            for name, fn, target in baselines:
-                rows.append(
-                    compare(TOPIC, case, method, (name, fn), settings, target=target, check=close)
-                )
-    return rows
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--proposed", action="store_true")
     args = parser.parse_args()
     import pandas as pd
 
     settings = Settings.make(args.quick)
-    rows = run(settings) + (run_proposed(settings) if args.proposed else [])
+    rows = run(settings)
     table = pd.DataFrame([r.as_dict() for r in rows])
     print(table.to_string())

@@ -1,7 +1,8 @@
 """Run every benchmark and print one table of times and ratios (see benchmarks/README.md).
 
     python benchmarks/run_all.py [--quick] [--out table.csv] [--out table.md] [--threads 1]
-                                 [--only aggregation ...] [--proposed] [--quick-profiles]
+                                 [--only aggregation ...] [--quick-profiles]
+                                 [--keep-freed-memory]
 
 Each topic is a script in this folder with ``run(settings) -> list[Row]``. A topic that raises
 is reported as a failed row (``correct`` False, the error in ``note``) and the other topics still
@@ -51,9 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--repeats", type=int, help="timed repeats per measurement (median)")
     parser.add_argument(
-        "--proposed",
+        "--keep-freed-memory",
         action="store_true",
-        help="also time the patched copies of library functions in _proposed.py",
+        help="first call dpbr_lib.allocator.keep_freed_memory(), as the dpbr command does",
     )
     parser.add_argument(
         "--quick-profiles",
@@ -78,11 +79,8 @@ def selected_topics(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
-def run_topic(topic: str, settings: Settings, proposed: bool) -> list[Row]:
-    module = importlib.import_module(TOPICS[topic])
-    if proposed and hasattr(module, "run_proposed"):
-        return module.run(settings) + module.run_proposed(settings)
-    return module.run(settings)
+def run_topic(topic: str, settings: Settings) -> list[Row]:
+    return importlib.import_module(TOPICS[topic]).run(settings)
 
 
 def to_markdown(table: pd.DataFrame, machine: Machine) -> str:
@@ -118,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from dpbr_lib import allocator
+
+        allocator.keep_freed_memory()
     settings = Settings.make(args.quick, args.repeats)
     machine = Machine()
     print(f"# {machine.describe()}", flush=True)
@@ -128,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             "",
             metric="cores",
             value=machine.cores,
-            note=f"torch threads {machine.torch_threads}; {'quick' if args.quick else 'full'} run",
+            note=f"torch threads {machine.torch_threads}; {'quick' if args.quick else 'full'} run"
+            + ("; freed memory kept" if args.keep_freed_memory else ""),
         )
     ]
     for topic in selected_topics(args):
         tic = time.perf_counter()
         try:
-            found = run_topic(topic, settings, args.proposed)
+            found = run_topic(topic, settings)
         except Exception as error:  # reported as a failed row; the other topics still run
             traceback.print_exc()
             found = [Row(topic, "", "", correct=False, note=f"{type(error).__name__}: {error}")]

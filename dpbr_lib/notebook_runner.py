@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpbr_lib import _validation
+from dpbr_lib import _validation, allocator
 
 #: The profiles every notebook understands (CI-sized, the book's default, the paper's grids).
 PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
@@ -310,8 +310,10 @@ def execute(
 
 @contextlib.contextmanager
 def _kernel_environment():
-    """:data:`KERNEL_THREADS` for the kernels started inside, where the caller set none."""
-    added = {k: v for k, v in KERNEL_THREADS.items() if k not in os.environ}
+    """:data:`KERNEL_THREADS` and :func:`dpbr_lib.allocator.environment` for the kernels
+    started inside, where the caller set none."""
+    wanted = {**KERNEL_THREADS, **allocator.environment()}
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield

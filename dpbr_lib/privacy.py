@@ -79,19 +79,19 @@ def unflatten_into(model: nn.Module, flat: torch.Tensor, *, into: str = "grad") 
                 p.grad = chunk.clone()
 
 
-def flat_per_sample_gradients(
+def per_sample_gradient_blocks(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     targets: torch.Tensor,
-) -> torch.Tensor:
-    """Per-sample gradients ``Tensor[B, d]`` of ``loss_fn(model(x_i), y_i)``, one row per sample.
+) -> list[torch.Tensor]:
+    """Per-sample gradients of ``loss_fn(model(x_i), y_i)`` as one block ``Tensor[B, d_k]`` per
+    trainable parameter, in :func:`flatten_parameters`' order.
 
     ``torch.func.vmap(grad(...))`` over the batch dimension of a ``functional_call`` of the model:
     each sample is fed as a batch of one, so ``loss_fn`` is any loss with a mean or sum reduction
     (e.g. ``nn.functional.cross_entropy``). Models whose output mixes samples (BatchNorm in train
-    mode) have no per-sample gradient; use GroupNorm/LayerNorm. Rows follow
-    :func:`flatten_parameters`' order.
+    mode) have no per-sample gradient; use GroupNorm/LayerNorm.
     """
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
         raise ValueError("The 'inputs' parameter must be a tensor with a non-empty batch dim.")
@@ -114,7 +114,57 @@ def flat_per_sample_gradients(
         params, inputs, targets
     )  # name -> [B, *shape]
     batch = inputs.shape[0]
-    return torch.cat([grads[k].reshape(batch, -1) for k in params], dim=1)  # [B, d]
+    return [grads[k].reshape(batch, -1) for k in params]  # [B, d_k] each
+
+
+def flat_per_sample_gradients(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample gradients ``Tensor[B, d]``, one row per sample: the blocks of
+    :func:`per_sample_gradient_blocks` side by side."""
+    return torch.cat(per_sample_gradient_blocks(model, loss_fn, inputs, targets), dim=1)  # [B, d]
+
+
+def clipped_mean_gradients(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
+    """Each group's mean of its per-sample gradients clipped to norm C, ``Tensor[h, d]``, from
+    ``inputs: [h, b, ...]`` and ``targets: [h, b]`` (h workers of b samples each):
+    (1/b) sum_i g_i · min(1, C/‖g_i‖), Abadi et al. 2016, Algorithm 1, before the noise.
+
+    Equal to ``per_sample_clip(flat_per_sample_gradients(...).view(h, b, d), C).mean(1)``, but
+    the ``[h·b, d]`` matrix is never built: the norms are combined from the per-parameter blocks
+    and each worker's b scaled rows are summed with one batched matrix product per parameter.
+    """
+    clip = check_float("clip", clip, low=0.0, low_open=True)
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2:
+        raise ValueError(
+            "The 'targets' parameter must be a tensor of shape (h, b). "
+            f"Got {tuple(getattr(targets, 'shape', ()))} instead."
+        )
+    h, b = targets.shape
+    if not isinstance(inputs, torch.Tensor) or inputs.shape[:2] != targets.shape:
+        raise ValueError(
+            f"The 'inputs' parameter must be a tensor of shape (h, b, ...) = ({h}, {b}, ...). "
+            f"Got {tuple(getattr(inputs, 'shape', ()))} instead."
+        )
+    blocks = per_sample_gradient_blocks(
+        model, loss_fn, inputs.reshape(h * b, *inputs.shape[2:]), targets.reshape(h * b)
+    )  # [h·b, d_k] each
+    norms = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(block, dim=1) for block in blocks]), dim=0
+    )  # [h·b], each per-sample gradient's norm
+    weights = ((clip / norms).clamp(max=1.0) / b).view(h, 1, b)  # [h, 1, b]
+    return torch.cat(
+        [torch.bmm(weights, block.view(h, b, -1)).squeeze(1) for block in blocks], dim=1
+    )  # [h, d]
 
 
 # --------------------------------------------------------------------------------------------- #

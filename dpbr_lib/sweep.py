@@ -58,7 +58,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from dpbr_lib import __version__
+from dpbr_lib import __version__, allocator
 from dpbr_lib._validation import check_choice, check_int
 from dpbr_lib.results import (
     METADATA_KEY,
@@ -431,10 +431,12 @@ def _default_workers() -> int:
 
 
 def _init_worker(threads: int, parent: int) -> None:
-    """Pool-worker setup: torch threads, Ctrl-C left to the parent, exit when the parent dies."""
+    """Pool-worker setup: torch threads, freed memory kept (:mod:`dpbr_lib.allocator`), Ctrl-C
+    left to the parent, exit when the parent dies."""
     import torch
 
     torch.set_num_threads(threads)
+    allocator.keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
 
     def watch() -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dpbr_lib import aggregators as A
+from dpbr_lib._validation import finite_rows
 from dpbr_lib.aggregators.preaggregation import bucketing, nnm
 
 RULES = A.names()
@@ -250,6 +251,39 @@ def test_non_finite_and_huge_rows_are_survived(name, kind):
     centre = honest.mean(0)
     radius = (honest - centre).norm(dim=1).max()
     assert (out - centre).norm() <= radius, (out, centre, radius)
+
+
+def test_finite_rows_keeps_rows_whose_sum_overflows_and_flags_every_non_finite_row():
+    big = torch.finfo(torch.float32).max
+    x = torch.tensor([
+        [big, big, 0.0],  # finite, but its row sum overflows: kept
+        [1.0, math.nan, 2.0],
+        [1.0, 2.0, 3.0],
+        [-math.inf, 0.0, 0.0],
+        [math.inf, -math.inf, 0.0],  # sum is NaN
+    ])
+    assert finite_rows(x).tolist() == [True, False, True, False, False]
+    assert finite_rows(x).tolist() == torch.isfinite(x).all(dim=1).tolist()
+
+
+def test_pairwise_distances_are_exact_differences_even_for_huge_rows():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    expected = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    close(A.distance.pairwise_distances(x), expected, atol=1e-12)
+    huge = torch.tensor([[1e20, 0.0], [1e20, 1.0], [0.0, 0.0]])  # |x|^2 trick gives 0 or NaN
+    got = A.distance.pairwise_distances(huge)
+    assert got[0, 1] == 1.0 and got[1, 0] == 1.0 and got[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("chunk", [None, 1])  # the cached table; one subset per chunk
+def test_mda_ties_go_to_the_first_subset_in_lexicographic_order(monkeypatch, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(A.distance, "MDA_CHUNK_ELEMENTS", chunk)
+    # {0, 1} and {1, 2} both have diameter 1 (and {0, 2} has 2): {0, 1} comes first
+    x = torch.tensor([[0.0], [1.0], [2.0]], dtype=torch.float64)
+    close(A.get("mda")(x, 1), torch.tensor([0.5], dtype=torch.float64), atol=0)
+    close(A.get("mda")(x.flip(0), 1), torch.tensor([1.5], dtype=torch.float64), atol=0)
 
 
 def test_average_propagates_nan_and_more_non_finite_rows_than_f_is_an_error():

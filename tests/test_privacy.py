@@ -65,6 +65,31 @@ def test_per_sample_gradients_equal_opacus_grad_sample_module(batch):
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("clip", [1e-3, 0.5, 1e3])  # all clipped, some, none
+def test_clipped_mean_gradients_equal_clipping_the_flat_matrix(batch, clip):
+    model = tiny_cnn()
+    x, y = batch  # 6 samples: 3 workers of 2
+    flat = P.flat_per_sample_gradients(model, nn.functional.cross_entropy, x, y)  # [6, d]
+    expected = P.per_sample_clip(flat.view(3, 2, -1), clip).mean(dim=1)  # [3, d]
+    got = P.clipped_mean_gradients(
+        model, nn.functional.cross_entropy, x.view(3, 2, *x.shape[1:]), y.view(3, 2), clip
+    )
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=1e-5)
+    assert (got.norm(dim=1) <= clip * (1 + 1e-5)).all()
+
+
+def test_clipped_mean_gradients_reject_bad_shapes_before_any_work(batch):
+    model = tiny_cnn()
+    x, y = batch
+    loss = nn.functional.cross_entropy
+    with pytest.raises(ValueError, match=r"'targets'.*shape \(h, b\)"):
+        P.clipped_mean_gradients(model, loss, x, y, 1.0)
+    with pytest.raises(ValueError, match=r"'inputs'.*\(3, 2, \.\.\.\)"):
+        P.clipped_mean_gradients(model, loss, x, y.view(3, 2), 1.0)
+    with pytest.raises(ValueError, match="'clip'"):
+        P.clipped_mean_gradients(model, loss, x.view(3, 2, *x.shape[1:]), y.view(3, 2), 0.0)
+
+
 def test_frozen_parameters_are_left_out_and_flat_vectors_round_trip(batch):
     model = tiny_cnn()
     model[0].bias.requires_grad_(False)

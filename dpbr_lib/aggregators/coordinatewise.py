@@ -11,15 +11,15 @@ from dpbr_lib.aggregators.bounds import median_kappa
 def coordinate_median(gradients: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median ``Tensor[d]``; for even n the mean of the two middle values.
 
-    (``torch.median`` returns the lower middle value instead; ``torch.quantile`` caps the
-    input size, so the median is read off one sort.)
+    Odd n: ``torch.median`` (a selection, exact since the middle value is unique). Even n: one
+    sort (``torch.median`` would return the lower middle value, and ``torch.quantile`` caps
+    the input size).
     """
     n = gradients.shape[0]
-    ordered = gradients.sort(dim=0).values  # [n, d]
-    middle = n // 2
     if n % 2 == 1:
-        return ordered[middle]  # [d]
-    return (ordered[middle - 1] + ordered[middle]) / 2  # [d]
+        return gradients.median(dim=0).values  # [d]
+    ordered = gradients.sort(dim=0).values  # [n, d]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2  # [d]
 
 
 @rule("average", min_n=lambda f: 1, condition="n >= 1", robust=False)

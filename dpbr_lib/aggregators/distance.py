@@ -3,6 +3,7 @@ and Bulyan (El Mhamdi et al. 2018). Pairwise distances are computed once per cal
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -22,10 +23,23 @@ MDA_MAX_SUBSETS = 1_000_000
 MDA_CHUNK_ELEMENTS = 1 << 22
 
 
-def pairwise_distances(gradients: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``Tensor[n, n]``, computed exactly (no ``|x|^2 + |y|^2 - 2xy``
+def condensed_distances(gradients: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances of the n (n - 1) / 2 pairs i < j, ``Tensor[P]`` in ``triu`` order,
+    computed exactly from the differences (``torch.pdist``; no ``|x|^2 + |y|^2 - 2xy``
     shortcut, which loses precision and turns two huge rows into NaN)."""
-    return torch.cdist(gradients, gradients, compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.pdist(gradients)  # [P]
+
+
+def pairwise_distances(gradients: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``Tensor[n, n]``: :func:`condensed_distances` mirrored."""
+    n = gradients.shape[0]
+    out = gradients.new_zeros(n, n)  # [n, n]
+    if n > 1:
+        first, second = torch.triu_indices(n, n, offset=1, device=gradients.device)  # [P]
+        condensed = condensed_distances(gradients)  # [P]
+        out[first, second] = condensed
+        out[second, first] = condensed
+    return out
 
 
 def krum_scores(squared: torch.Tensor, f: int) -> torch.Tensor:
@@ -111,33 +125,57 @@ def _check_subsets(n: int, f: int, options: Mapping[str, Any]) -> None:
 def mda(gradients: torch.Tensor, f: int) -> torch.Tensor:
     """Minimum-diameter averaging (El Mhamdi et al. 2018): among all subsets S of
     n - f rows, take one of smallest diameter max_{i, j in S} ||x_i - x_j|| and return its
-    mean. Exact: all C(n, n - f) subsets are enumerated into one index tensor (in chunks of at
-    most ``MDA_CHUNK_ELEMENTS`` look-ups) and scored by a gather and a max over their pairs.
+    mean. Exact: all C(n, n - f) subsets are enumerated as an index table into the condensed
+    distances (cached per (n, f) when it holds at most ``MDA_CHUNK_ELEMENTS`` look-ups, else
+    built in chunks of that size) and scored by one gather and a max over their pairs.
     Needs n >= 2f + 1; kappa = (n - f) / (sqrt(8) f). Ties go to the first subset in
     lexicographic order."""
     n = gradients.shape[0]
     size = n - f
-    distances = pairwise_distances(gradients)  # [n, n]
-    first, second = torch.triu_indices(size, size, offset=1, device=gradients.device)  # [P]
-    pairs = max(first.numel(), 1)
+    if size < 2:  # a single row per subset: every diameter is 0, the first subset wins
+        return gradients[:size].mean(dim=0)  # [d]
+    condensed = condensed_distances(gradients)  # [n (n - 1) / 2]
+    pairs = size * (size - 1) // 2
+    if math.comb(n, size) * pairs <= MDA_CHUNK_ELEMENTS:
+        subsets, table = _subset_tables(n, size)  # [C, n - f], [C, P]
+        best = int(condensed[table.to(condensed.device)].amax(dim=1).argmin())  # first minimum
+        return gradients[subsets[best].to(gradients.device)].mean(dim=0)  # [d]
     chunk = max(1, MDA_CHUNK_ELEMENTS // pairs)
-    subsets = itertools.combinations(range(n), size)
+    combinations = itertools.combinations(range(n), size)
     best_diameter, best_subset = math.inf, None
     while True:
-        flat = itertools.chain.from_iterable(itertools.islice(subsets, chunk))
+        flat = itertools.chain.from_iterable(itertools.islice(combinations, chunk))
         block = np.fromiter(flat, dtype=np.int64).reshape(-1, size)  # [c, n - f]
         if block.shape[0] == 0:
             break
-        index = torch.from_numpy(block).to(gradients.device)  # [c, n - f]
-        if first.numel() == 0:  # a single row per subset: diameter 0
-            diameters = distances.new_zeros(index.shape[0])  # [c]
-        else:
-            diameters = distances[index[:, first], index[:, second]].amax(dim=1)  # [c]
+        table = torch.from_numpy(_pair_positions(n, block)).to(condensed.device)  # [c, P]
+        diameters = condensed[table].amax(dim=1)  # [c]
         position = int(diameters.argmin())
         if best_subset is None or float(diameters[position]) < best_diameter:
-            best_diameter, best_subset = float(diameters[position]), index[position]
+            best_diameter, best_subset = float(diameters[position]), block[position]
     assert best_subset is not None
-    return gradients[best_subset].mean(dim=0)  # [d]
+    return gradients[torch.from_numpy(best_subset).to(gradients.device)].mean(dim=0)  # [d]
+
+
+def _pair_positions(n: int, subsets: np.ndarray) -> np.ndarray:
+    """``[C, P]`` positions in the condensed distances of each subset's pairs (a < b), from
+    ``subsets: [C, size]`` with increasing indices: pair (a, b) of n rows sits at
+    n a - a (a + 1) / 2 + b - a - 1."""
+    size = subsets.shape[1]
+    i, j = np.triu_indices(size, k=1)
+    a, b = subsets[:, i], subsets[:, j]  # [C, P]
+    return n * a - a * (a + 1) // 2 + b - a - 1
+
+
+@functools.lru_cache(maxsize=32)
+def _subset_tables(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every subset of ``size`` of n rows in lexicographic order, ``[C, size]``, and its pairs'
+    positions in the condensed distances, ``[C, P]`` (cached: a training run calls MDA with
+    the same (n, f) at every step)."""
+    subsets = np.fromiter(
+        itertools.chain.from_iterable(itertools.combinations(range(n), size)), dtype=np.int64
+    ).reshape(-1, size)  # [C, size]
+    return torch.from_numpy(subsets), torch.from_numpy(_pair_positions(n, subsets))
 
 
 def bulyan_select(gradients: torch.Tensor, f: int) -> torch.Tensor:

@@ -29,12 +29,12 @@ def geometric_median(
     """
     z = coordinate_median(gradients)  # [d]
     for _ in range(max_iter):
-        distances = (gradients - z).norm(dim=1).clamp_min(nu)  # [n]
+        distances = torch.linalg.vector_norm(gradients - z, dim=1).clamp_min(nu)  # [n]
         weights = distances.reciprocal()  # [n]; 0 for an overflowing (inf) distance
-        new = (weights[:, None] * gradients).sum(dim=0) / weights.sum()  # [d]
-        moved = float((new - z).norm())
+        new = (weights @ gradients) / weights.sum()  # [d], the weighted mean as one product
+        moved = float(torch.linalg.vector_norm(new - z))
         z = new
-        if moved <= tol * float(z.norm()):
+        if moved <= tol * float(torch.linalg.vector_norm(z)):
             break
     return z
 
@@ -57,10 +57,15 @@ def centered_clipping(
     is given. The paper tunes tau per task; the default 1.0 suits gradients clipped to norm
     about 1 as in DP-SGD. Needs n >= 2f + 1; no VN bound is tabulated.
     """
+    n = gradients.shape[0]
     v = coordinate_median(gradients) if init is None else init  # [d]
     for _ in range(iterations):
         offsets = gradients - v  # [n, d]
-        scale = (tau / offsets.norm(dim=1, keepdim=True)).clamp(max=1.0)  # [n, 1]
-        clipped = torch.where(scale > 0, offsets * scale, 0.0)  # [n, d]; inf * 0 stays 0
-        v = v + clipped.mean(dim=0)  # [d]
+        norms = torch.linalg.vector_norm(offsets, dim=1)  # [n]
+        scale = (tau / norms).clamp(max=1.0)  # [n]
+        finite = torch.isfinite(norms)  # [n]
+        if not bool(finite.all()):  # an overflowing offset moves v by 0 (not 0 * inf = NaN)
+            offsets = torch.where(finite[:, None], offsets, 0.0)
+            scale = torch.where(finite, scale, 0.0)
+        v = v + (scale @ offsets) / n  # [d], the mean of the clipped offsets as one product
     return v

@@ -43,8 +43,9 @@ def observable_gradient(
         loss = F.cross_entropy(model(images), labels)
         grads = torch.autograd.grad(loss, params, create_graph=create_graph)
         return torch.cat([g.reshape(-1) for g in grads])  # [d]
-    per_sample = privacy.flat_per_sample_gradients(model, F.cross_entropy, images, labels)  # [B, d]
-    return privacy.per_sample_clip(per_sample, clip).mean(dim=0)  # [d]
+    return privacy.clipped_mean_gradients(
+        model, F.cross_entropy, images.unsqueeze(0), labels.unsqueeze(0), clip
+    )[0]  # [d]
 
 
 def check_target(model: nn.Module, target: object, name: str = "target") -> torch.Tensor:
