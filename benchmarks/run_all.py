@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import time
 import traceback
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from dpbr_lib import allocator
 
         allocator.keep_freed_memory()
+    # a parent that ran `dpbr` or built the book passes the same setting by environment
+    kept = args.keep_freed_memory or "MALLOC_MMAP_THRESHOLD_" in os.environ
     settings = Settings.make(args.quick, args.repeats)
     machine = Machine()
     print(f"# {machine.describe()}", flush=True)
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             metric="cores",
             value=machine.cores,
             note=f"torch threads {machine.torch_threads}; {'quick' if args.quick else 'full'} run"
-            + ("; freed memory kept" if args.keep_freed_memory else ""),
+            + ("; freed memory kept" if kept else ""),
         )
     ]
     for topic in selected_topics(args):

@@ -66,6 +66,29 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_device(name: str, value: object) -> torch.device:
+    """A usable ``torch.device`` from ``value``: ``None`` or ``"cpu"`` is the CPU, ``"auto"`` the
+    first GPU when there is one, else a device string or ``torch.device`` whose backend this
+    machine has (``"cuda"``, ``"cuda:1"``, ``"mps"``)."""
+    if value is None:
+        return torch.device("cpu")
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        _fail(name, "'cpu', 'cuda', 'cuda:N', 'mps', 'auto' or a torch.device", value)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            _fail(name, f"a device this machine has ({count} CUDA device(s))", value)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        _fail(name, "a device this machine has (no MPS backend)", value)
+    elif device.type not in ("cpu", "cuda", "mps"):
+        _fail(name, "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'", value)
+    return device
+
+
 def check_gradients(gradients: object, name: str = "gradients") -> torch.Tensor:
     """Check a stacked gradient matrix ``Tensor[n, d]``: 2-D, non-empty, floating point."""
     if not isinstance(gradients, torch.Tensor):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from scipy import stats
 
+from dpbr_lib import _random
 from dpbr_lib._registry import Registry
 from dpbr_lib._validation import check_choice, check_float, check_gradients, check_int
 
@@ -308,8 +309,9 @@ def gaussian(
     sigma = check_float("sigma", sigma, low=0.0)
     mu = check_float("mu", mu)
     noise = torch.randn(
-        (f, honest.shape[1]), generator=generator, dtype=honest.dtype, device=honest.device
-    )
+        (f, honest.shape[1]), generator=generator, dtype=honest.dtype,
+        device=_random.draw_device(honest, generator),
+    ).to(honest.device)
     centre = honest.mean(dim=0) if around_mean else torch.full_like(honest[0], mu)  # [d]
     return centre + sigma * noise  # [f, d]
 

@@ -98,6 +98,21 @@ def one_of(choices: Iterable[str]) -> Constraint:
     return Constraint(lambda name, value: _validation.check_choice(name, value, options))
 
 
+def a_device() -> Constraint:
+    """The value names a device this machine has (:func:`dpbr_lib._validation.check_device`):
+    ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``.
+
+    >>> a_device().check("device", "cpu")
+    'cpu'
+    """
+
+    def check(name: str, value: object) -> object:
+        _validation.check_device(name, value)
+        return value
+
+    return Constraint(check)
+
+
 # --------------------------------------------------------------------------- declared parameters
 @dataclass(frozen=True)
 class Declared:

@@ -26,6 +26,7 @@ import torch
 from scipy import optimize, stats
 from torch import nn
 
+from dpbr_lib import _random
 from dpbr_lib._validation import check_choice, check_float, check_int
 
 MECHANISMS = ("classic", "analytic")
@@ -298,8 +299,9 @@ def add_gaussian_noise(
     sigma = check_float("sigma", sigma, low=0.0)
     if not isinstance(g, torch.Tensor) or not g.is_floating_point():
         raise TypeError("The 'g' parameter must be a floating-point torch.Tensor.")
-    noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)  # g.shape
-    return g + sigma * noise
+    device = _random.draw_device(g, generator)
+    noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=device)
+    return g + sigma * noise.to(g.device)  # g.shape
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -334,7 +336,8 @@ def sparsify(
     if mode == "topk":
         scores = g.abs().nan_to_num(nan=math.inf)  # [..., d]; a NaN coordinate counts as large
     else:
-        scores = torch.rand(g.shape, generator=generator, device=g.device)  # [..., d]
+        scores = torch.rand(g.shape, generator=generator, device=_random.draw_device(g, generator))
+        scores = scores.to(g.device)  # [..., d]
     index = scores.topk(k, dim=-1).indices  # [..., k]
     mask = torch.zeros(g.shape, dtype=torch.bool, device=g.device).scatter_(-1, index, True)
     out = torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device))  # [..., d]

@@ -39,6 +39,7 @@ Grid format (see :func:`expand`)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -59,7 +60,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from dpbr_lib import __version__, allocator
-from dpbr_lib._validation import check_choice, check_int
+from dpbr_lib._validation import check_choice, check_device, check_int
 from dpbr_lib.results import (
     METADATA_KEY,
     RESULTS_SCHEMA,
@@ -224,10 +225,10 @@ def _default_config_fn() -> ConfigFn:
     return TrainConfig.from_dict
 
 
-def _default_run_fn() -> RunFn:
+def _default_run_fn(device: str | None = None) -> RunFn:
     from dpbr_lib.training import train
 
-    return train
+    return train if device is None else functools.partial(train, device=device)
 
 
 # --------------------------------------------------------------------------- results folder
@@ -315,6 +316,7 @@ def run(
     progress: bool = True,
     run_fn: RunFn | None = None,
     config_fn: ConfigFn | None = None,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Run every config of ``grid`` × ``seeds`` not yet in ``results_dir``; return the summaries.
 
@@ -332,6 +334,10 @@ def run(
             (a module-level function) for ``"process"`` and ``"dask"``.
         config_fn: ``dict -> config`` validating one raw config; the config's ``to_dict()`` is
             what is hashed (default ``TrainConfig.from_dict``).
+        device: where the default ``run_fn`` trains (``"cpu"``, ``"cuda"``, ``"auto"``; see
+            :func:`dpbr_lib.training.train`), checked here before any run. Not in the run's
+            hash: a finished CPU run is not rerun on the GPU. With one GPU, ``executor="inline"``
+            or a small ``max_workers`` keeps the processes from sharing it many times over.
 
     Returns:
         One row per run of the grid, in grid order, as :func:`dpbr_lib.results.load_summaries`
@@ -353,7 +359,14 @@ def run(
     folder = Path(results_dir)
     check_folder(folder)
     jobs = plan(grid, seeds, folder, config_fn)
-    run_fn = _default_run_fn() if run_fn is None else run_fn
+    if device is not None:
+        if run_fn is not None:
+            raise ValueError(
+                "The 'device' parameter is only used with the default run_fn; pass the device "
+                f"to your run_fn instead. Got device={device!r} with run_fn={run_fn!r}."
+            )
+        device = str(check_device("device", device))
+    run_fn = _default_run_fn(device) if run_fn is None else run_fn
 
     _write_manifest(folder)
     _clean_stale_temporaries(folder)

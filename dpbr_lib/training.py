@@ -65,7 +65,7 @@ from torch import nn
 
 from dpbr_lib import __version__, aggregators, attacks, data, models, privacy
 from dpbr_lib._registry import Registry
-from dpbr_lib._validation import check_choice, check_float, check_int
+from dpbr_lib._validation import check_choice, check_device, check_float, check_int
 from dpbr_lib.results import Result
 
 PRIVACY_MODES = ("none", "gaussian", "sparsify")
@@ -426,12 +426,21 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr / (held / config.lr_decay + 1.0)  # type: ignore[operator]
 
 
-def _generators(seed: int) -> dict[str, torch.Generator]:
+#: The random streams that draw on the run's device (noise, sparsification masks, attacks);
+#: the others (initialisation, data split, batch sampling, the rules' shuffles) stay on the CPU,
+#: so a GPU run starts from the CPU run's model and sees the same batches.
+DEVICE_STREAMS = ("privacy", "attack")
+
+
+def _generators(seed: int, device: torch.device | None = None) -> dict[str, torch.Generator]:
     """Independent streams derived from one seed (numpy SeedSequence spawning)."""
     streams = ("model", "sampling", "privacy", "attack", "rule", "split")
     states = np.random.SeedSequence(seed).spawn(len(streams))
+    device = torch.device("cpu") if device is None else device
     return {
-        name: torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
+        name: torch.Generator(device if name in DEVICE_STREAMS else "cpu").manual_seed(
+            int(s.generate_state(1, dtype=np.uint64)[0] >> 1)
+        )
         for name, s in zip(streams, states, strict=True)
     }
 
@@ -519,24 +528,32 @@ def train(
     *,
     data_dir: str | Path | None = None,
     download: bool = False,
+    device: str | torch.device | None = None,
 ) -> Result:
     """Run one simulated distributed training and return its record.
 
     ``config`` is a :class:`TrainConfig` or a dict for :meth:`TrainConfig.from_dict` (checked
     before any work). ``progress`` shows a tqdm bar over steps. ``data_dir``/``download`` locate
     the downloadable data sets; they do not change the numbers, so they are not in the config.
+    ``device`` (default the CPU; ``"auto"``: a GPU when there is one) is where the model, the
+    data and the step's tensors live. It is not in the config either: the same config and seed
+    give the same numbers on one device, and on another the same run up to floating-point
+    rounding and the device's own random streams (:data:`DEVICE_STREAMS`); the summary records it.
     """
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    device = check_device("device", device)
     start = time.perf_counter()
-    gens = _generators(config.seed)
+    gens = _generators(config.seed, device)
     dataset = _cached_dataset(config.dataset, None if data_dir is None else str(data_dir), download)
+    x_train, y_train = dataset.x_train.to(device), dataset.y_train.to(device)
+    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     model = models.build_model(
         config.model,
         dataset.input_shape,
         dataset.num_classes,
         config.width,
         generator=gens["model"],
-    )
+    ).to(device)
     d = models.count_parameters(model)
     loss_fn = LOSSES.get(config.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
@@ -548,7 +565,7 @@ def train(
     workers = WorkerData(config, len(dataset.y_train), gens["split"])
 
     rows: list[dict[str, float]] = []
-    accuracy, test_loss = evaluate(model, loss_fn, dataset.x_test, dataset.y_test)
+    accuracy, test_loss = evaluate(model, loss_fn, x_test, y_test)
     rows.append(_empty_row(0) | {"test_accuracy": accuracy, "test_loss": test_loss})
     diverged_step: int | None = None
 
@@ -558,8 +575,8 @@ def train(
     for s in range(config.steps):
         row = _empty_row(s + 1)
         tic = time.perf_counter()
-        index = workers.sample(gens["sampling"])  # [h, b]
-        x, y = dataset.x_train[index], dataset.y_train[index]  # [h, b, ...], [h, b]
+        index = workers.sample(gens["sampling"]).to(device)  # [h, b]
+        x, y = x_train[index], y_train[index]  # [h, b, ...], [h, b]
         with torch.no_grad():
             row["train_loss"] = float(loss_fn(model(x.flatten(0, 1)), y.flatten()))
         clean = honest_gradients(model, loss_fn, x, y, config.clip, config.clip_mode)  # [h, d]
@@ -603,9 +620,7 @@ def train(
         finite = _parameters_finite(model)
         if not finite or (s + 1) % config.eval_every == 0 or s + 1 == config.steps:
             toc = time.perf_counter()
-            row["test_accuracy"], row["test_loss"] = evaluate(
-                model, loss_fn, dataset.x_test, dataset.y_test
-            )
+            row["test_accuracy"], row["test_loss"] = evaluate(model, loss_fn, x_test, y_test)
             row["time_evaluation"] = time.perf_counter() - toc
             bar.set_postfix(accuracy=f"{row['test_accuracy']:.3f}")
         rows.append(row)
@@ -618,6 +633,7 @@ def train(
     metrics = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     metrics["step"] = metrics["step"].astype("int64")
     summary = _summary(config, metrics, d, sigma, kappa, diverged_step, time.perf_counter() - start)
+    summary["device"] = device.type
     return Result(
         config=config.to_dict(),
         seed=config.seed,

@@ -105,3 +105,20 @@ def test_cli_single_batch_writes_figures_table_and_summary(tmp_path):
     assert table.loc[0, "recovered_label"] == 3
     for name in ("single-batch.png", "single-batch-loss.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("experiment", [ex.single_batch, ex.defense_curves])
+def test_a_bad_device_fails_before_any_attack(experiment):
+    with pytest.raises(ValueError, match="'device' parameter"):
+        experiment(profile=TINY, device="tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_reconstruction_matches_the_cpu_one():
+    runs = {
+        device: ex.single_batch(attack="ig", batch_size=2, profile=TINY, device=device)
+        for device in ("cpu", "cuda")
+    }
+    assert runs["cuda"].reconstruction.images.device.type == "cpu"  # scored and drawn on the CPU
+    cpu, gpu = runs["cpu"].table, runs["cuda"].table
+    assert gpu["psnr"].to_numpy() == pytest.approx(cpu["psnr"].to_numpy(), abs=0.5)

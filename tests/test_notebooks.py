@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from test_book import build_smoke_book
 
 from dpbr_lib import notebook_runner
@@ -236,3 +237,10 @@ def test_documented_jupytext_papermill_one_liner(tmp_path):
     subprocess.run(command, shell=True, check=True, capture_output=True, cwd=ROOT)
     checked = _checked_parameters(out)
     assert (checked["epsilon"], checked["batch_size"]) == (0.3, 100)
+
+
+def test_the_device_constraint_accepts_what_the_machine_has():
+    assert notebook_runner.a_device().check("device", "cpu") == "cpu"
+    assert notebook_runner.a_device().check("device", "auto") == "auto"
+    with pytest.raises(ValueError, match="'device' parameter must be a device this machine has"):
+        notebook_runner.a_device().check("device", f"cuda:{max(torch.cuda.device_count(), 99)}")

@@ -122,6 +122,10 @@ def test_bad_arguments_fail_with_their_names(tmp_path):
         sweep.run(grid_of([5]), [0], tmp_path, scheduler="tcp://localhost:1")
     with pytest.raises(ValueError, match="'max_workers' parameter"):
         sweep.run(grid_of([5]), [0], tmp_path, max_workers=0)
+    with pytest.raises(ValueError, match="'device' parameter"):
+        sweep.run(grid_of([5]), [0], tmp_path, device="tpu")
+    with pytest.raises(ValueError, match="only used with the default run_fn"):
+        sweep.run(grid_of([5]), [0], tmp_path, device="cpu", run_fn=Counter())
 
 
 # --------------------------------------------------------------------------- cache

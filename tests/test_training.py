@@ -202,6 +202,41 @@ def test_same_config_and_seed_give_identical_numbers():
     assert first.config == second.config and first.run_id == second.run_id
 
 
+DEVICE_CONFIG = {"rule": "mda", "attack": "little", "privacy": "gaussian", "epsilon": 0.5,
+                 "batch_size": 10, "width": 4, "steps": 4, "eval_every": 2}
+
+
+def test_device_cpu_is_the_default_and_is_recorded():
+    default, cpu = train(DEVICE_CONFIG), train(DEVICE_CONFIG, device="cpu")
+    pd.testing.assert_frame_equal(without_times(default)[0], without_times(cpu)[0])
+    assert default.summary["device"] == cpu.summary["device"] == "cpu"
+    assert default.run_id == cpu.run_id  # the device is not part of the config
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "'device' parameter must be 'cpu', 'cuda'"),
+    (3.5, "'device' parameter must be"),
+    pytest.param("cuda:99", "a device this machine has", marks=pytest.mark.skipif(
+        torch.cuda.device_count() >= 100, reason="a machine with 100 GPUs")),
+])
+def test_bad_device_fails_before_any_work(device, message):
+    with pytest.raises(ValueError, match=message):
+        train(DEVICE_CONFIG, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_run_starts_from_the_cpu_model_and_ends_close_to_it():
+    config = {**DEVICE_CONFIG, "attack": "none", "rule": "average", "privacy": "none",
+              "epsilon": None}
+    cpu, gpu = train(config), train(config, device="cuda")
+    assert gpu.summary["device"] == "cuda"
+    a, b = without_times(cpu)[0], without_times(gpu)[0]
+    for column in ("train_loss", "test_loss", "test_accuracy"):
+        assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), rel=1e-3, nan_ok=True)
+    noisy = train(DEVICE_CONFIG, device="cuda")  # noise and attack drawn on the GPU
+    assert math.isfinite(noisy.summary["final_test_loss"])
+
+
 def test_quick_run_without_attack_learns_digits():
     result = train({"steps": 60, "eval_every": 30})
     # measured: 0.916 at 60 steps (default lr/momentum, seed 0)

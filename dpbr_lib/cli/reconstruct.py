@@ -60,7 +60,7 @@ def _experiment_run(args: argparse.Namespace) -> ex.Experiment:
     common = dict(
         profile=args.profile, source=args.source, data_dir=args.data_dir,
         image_size=args.image_size, start=args.start, seed=args.seed, progress=not args.quiet,
-        model=args.model,
+        model=args.model, device=args.device,
     )
     if args.experiment == "single-batch":
         result = ex.single_batch(
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             curves = ex.defense_curves(
                 attacks=tuple(args.attacks), profile=args.profile,
                 seeds=tuple(args.seeds) if args.seeds else None, source=args.source,
-                data_dir=args.data_dir, progress=not args.quiet,
+                data_dir=args.data_dir, progress=not args.quiet, device=args.device,
             )
             seconds = time.perf_counter() - start
             failures = ex.failure_levels(curves)
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             summary, exps = ex.krum_vs_average(
                 workers=args.workers, byzantine=args.byzantine, attack=args.attack,
                 profile=args.profile, source=args.source, data_dir=args.data_dir,
-                start=args.start, seed=args.seed, progress=not args.quiet,
+                start=args.start, seed=args.seed, progress=not args.quiet, device=args.device,
             )
             seconds = time.perf_counter() - start
             summary.to_csv(out / "krum.csv", index=False)
@@ -152,6 +152,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python/")
     parser.add_argument("--start", type=int, default=0, help="index of the first image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default=None,
+                        help="where the model and the attack run: cpu (default), cuda, auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (1 is fastest on a shared machine)")
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summaries = preset.sweep(
             args.profile, folder, executor=executor, scheduler=args.scheduler,
-            max_workers=args.max_workers, progress=not args.no_progress,
+            max_workers=args.max_workers, progress=not args.no_progress, device=args.device,
         )
     except KeyboardInterrupt:
         print(f"\ndpbr sweep: interrupted. Finished runs are saved in {folder}; rerun the same "
@@ -82,5 +82,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="results folder (default: results/PRESET-PROFILE)")
     parser.add_argument("--max-workers", type=int, default=None, metavar="N",
                         help="local processes (default: all cores)")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="where each run trains: cpu (default), cuda, cuda:N or auto; with "
+                             "one GPU use --executor inline or a small --max-workers")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)

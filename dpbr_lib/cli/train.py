@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"The '--threads' option must be >= 1. Got {args.threads} instead.")
         torch.set_num_threads(args.threads)  # this process only; the numbers do not change
-    result = train(config, progress=not args.quiet, data_dir=args.data_dir, download=args.download)
+    result = train(config, progress=not args.quiet, data_dir=args.data_dir, download=args.download,
+                   device=args.device)
     print(summary_line(result.summary))
     if args.results is not None:
         path = result.save(Path(args.results) / f"{result.run_id}.parquet")
@@ -113,6 +114,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="torch intra-op threads (default: torch's choice; 1 is fastest on a shared machine)",
+    )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where to train: cpu (default), cuda, cuda:N or auto (a GPU when there is one)",
     )
     add_config_options(parser)
     parser.set_defaults(handler=run)

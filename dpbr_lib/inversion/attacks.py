@@ -127,6 +127,13 @@ class Reconstruction:
     seconds: float = 0.0  # wall time of the whole attack
 
 
+def _dummy(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """A standard-normal leaf to optimise, drawn on the CPU (the same start on every device)."""
+    return torch.randn(shape, generator=generator).to(device).requires_grad_(True)
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic TV of inversefed: mean |horizontal diff| + mean |vertical diff|."""
     dx = (x[:, :, :, :-1] - x[:, :, :, 1:]).abs().mean()
@@ -296,10 +303,10 @@ def dlg(
     start, attempts, lr = time.perf_counter(), [], config.lr  # attempts: (loss, x, soft, history)
     with _progress(config.steps, name, progress) as bar:
         for attempt in range(config.retries + 1):
-            x = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
+            x = _dummy(shape, generator, target.device)  # [B, C, H, W]
             soft = None
             if labels is None:
-                soft = torch.randn((num_images, classes), generator=generator).requires_grad_(True)
+                soft = _dummy((num_images, classes), generator, target.device)  # [B, classes]
             bar.reset()
             bar.set_description(f"{name} (attempt {attempt + 1})" if attempt else name)
             with _plain_convolutions(num_images == 1):
@@ -381,7 +388,7 @@ def inverting_gradients(
     start, trials, scores = time.perf_counter(), [], []  # trials: (loss, z, history)
     with _progress(config.iterations, "ig", progress) as bar:
         while len(trials) < config.restarts:
-            z = torch.randn(shape, generator=generator).requires_grad_(True)  # [B, C, H, W]
+            z = _dummy(shape, generator, target.device)  # [B, C, H, W]
             bar.reset()
             history = _ig_trial(model, target, z, labels, low, high, milestones, config,
                                 defense, bar, f"{len(trials) + 1}/{config.restarts}")

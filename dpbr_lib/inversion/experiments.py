@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from dpbr_lib import aggregators, privacy
 from dpbr_lib._registry import Registry
-from dpbr_lib._validation import check_int
+from dpbr_lib._validation import check_device, check_int
 from dpbr_lib.inversion.attacks import ATTACKS, CONFIGS, DLGConfig, IGConfig, Reconstruction
 from dpbr_lib.inversion.defenses import NO_DEFENSE, TRAINING_CLIP, Defense, training_sigma
 from dpbr_lib.inversion.images import ImageSet, load_images
@@ -153,19 +153,27 @@ def _invert(
     defense: Defense = NO_DEFENSE,
     known_labels: bool = False,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[Reconstruction, pd.DataFrame]:
-    """Share the gradient of ``images`` under ``defense``, invert it, score every original."""
+    """Share the gradient of ``images`` under ``defense``, invert it, score every original.
+
+    The model, the images and the attack live on ``device`` (default the CPU); the draws come
+    from a CPU generator, so every device starts from the same model, noise and dummies. The
+    reconstruction comes back on the CPU."""
+    device = check_device("device", device)
     model = build_model(
         model_name, num_classes=NUM_CLASSES, input_shape=tuple(images.images.shape[1:]), seed=seed
-    )
-    check_images_fit(model, images.images)
+    ).to(device)
+    pixels, classes = images.images.to(device), images.labels.to(device)
+    check_images_fit(model, pixels)
     generator = torch.Generator().manual_seed(seed)
-    target = defense.share(model, images.images, images.labels, generator)  # [d]
-    labels = images.labels if known_labels and attack != "idlg" else None
+    target = defense.share(model, pixels, classes, generator)  # [d]
+    labels = classes if known_labels and attack != "idlg" else None
     rec = ATTACKS.get(attack)(
         model, target, num_images=len(images), labels=labels, config=config, defense=defense,
         generator=generator, progress=progress,
     )
+    rec = replace(rec, images=rec.images.cpu(), labels=rec.labels.cpu())
     scores = score(rec.images, images.images, reconstructed_labels=rec.labels, labels=images.labels)
     table = pd.DataFrame(
         {
@@ -206,6 +214,7 @@ def single_batch(
     known_labels: bool = False,
     defense: Defense = NO_DEFENSE,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> Experiment:
     """Invert the gradient of one batch of ``batch_size`` images (default: one image, DLG)."""
     prof = _resolve(attack, profile)
@@ -214,7 +223,7 @@ def single_batch(
     model_name = model or default_model(attack)
     rec, table = _invert(
         attack, model_name, images, seed=seed, config=_config(attack, prof), defense=defense,
-        known_labels=known_labels, progress=progress,
+        known_labels=known_labels, progress=progress, device=device,
     )
     caption = (
         f"{attack.upper()} on {model_name}, {prof.name} profile, seed {seed}: {images.caption}."
@@ -237,6 +246,7 @@ def from_batch(
     known_labels: bool = False,
     defense: Defense = NO_DEFENSE,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> Experiment:
     """Image ``index`` out of a batch of ``batch_size``: the batch gradient is inverted and the
     table's ``selected`` column marks the chosen original (scored against its matched guess)."""
@@ -247,7 +257,7 @@ def from_batch(
     model_name = model or default_model(attack)
     rec, table = _invert(
         attack, model_name, images, seed=seed, config=_config(attack, prof), defense=defense,
-        known_labels=known_labels, progress=progress,
+        known_labels=known_labels, progress=progress, device=device,
     )
     table["selected"] = table["image"] == index
     caption = (
@@ -269,6 +279,7 @@ def batch100(
     known_labels: bool = True,
     num_images: int = 100,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> Experiment:
     """Inverting Gradients on 100 images, one per class (labels given, as in the notebook).
 
@@ -281,7 +292,7 @@ def batch100(
     model_name = model or prof.batch100_model
     rec, table = _invert(
         "ig", model_name, images, seed=seed, config=prof.batch100, known_labels=known_labels,
-        progress=progress,
+        progress=progress, device=device,
     )
     caption = (
         f"Inverting Gradients, {num_images} images (one per class) on {model_name} at its seeded "
@@ -321,6 +332,7 @@ def defense_curves(
     source: str = "auto",
     data_dir: str | Path | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Reconstruction quality of each attack against each defense level, one row per run.
 
@@ -342,6 +354,7 @@ def defense_curves(
         keep_ratios=prof.keep_ratios if keep_ratios is None else tuple(keep_ratios),
     )
     grid = defense_grid(prof, clip)  # validates every level before any run
+    check_device("device", device)
     images = {s: load_images(1, source=source, data_dir=data_dir, start=s) for s in prof.seeds}
     rows = []
     for attack in attacks:
@@ -350,7 +363,7 @@ def defense_curves(
             for seed in prof.seeds:
                 _, table = _invert(
                     attack, default_model(attack), images[seed], seed=seed, config=config,
-                    defense=defense, progress=progress,
+                    defense=defense, progress=progress, device=device,
                 )
                 row = table.iloc[0].to_dict()  # one image per run
                 row |= {"attack": attack, "defense": family, "level": level}
@@ -420,6 +433,7 @@ def krum_vs_average(
     seed: int = 0,
     defense: Defense = NO_DEFENSE,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Experiment]]:
     """Each of ``workers`` honest workers shares the gradient of one image; the server inverts
     the aggregate. Krum (Blanchard et al. 2017) outputs one worker's gradient unchanged, so the
@@ -434,11 +448,12 @@ def krum_vs_average(
     average = aggregators.get("average")
     images = load_images(workers, source=source, data_dir=data_dir, start=start)
     model_name = default_model(attack)
-    model = build_model(model_name, num_classes=NUM_CLASSES, seed=seed)
+    device = check_device("device", device)
+    model = build_model(model_name, num_classes=NUM_CLASSES, seed=seed).to(device)
     check_images_fit(model, images.images)
     generator = torch.Generator().manual_seed(seed)
     per_worker = privacy.flat_per_sample_gradients(
-        model, F.cross_entropy, images.images, images.labels
+        model, F.cross_entropy, images.images.to(device), images.labels.to(device)
     )  # [n, d]: worker i's gradient of its one image
     if defense.clip is not None:
         per_worker = privacy.per_sample_clip(per_worker, defense.clip)
@@ -459,6 +474,7 @@ def krum_vs_average(
             model, aggregate, num_images=len(subset), config=config, defense=defense,
             generator=generator, progress=progress,
         )
+        rec = replace(rec, images=rec.images.cpu(), labels=rec.labels.cpu())
         scores = score(rec.images, originals.images)
         table = pd.DataFrame(
             {
