@@ -5,7 +5,12 @@ One 32x32 colour image (the first offline photo crop, label 0) and the LeNet of 
 attacker sees the image's gradient and runs S L-BFGS steps (lr 1, 20 inner iterations each;
 S = 300, DLG's count; quick: 1) from the same seeded draw of the dummy image and soft label:
 
-- ours: ``dlg(model, target, config=DLGConfig(steps=S, tol=0, retries=0))`` (no early stop);
+- ours: ``dlg(model, target, config=DLGConfig(steps=S, tol=0))`` (no early stop), with the
+  library's retries: an attempt that ends without a fit (relative distance above ``accept``)
+  restarts from a fresh draw, as every caller of ``dlg`` gets it. Its iterations/s counts the
+  steps of every attempt. (From this seed's first draw the library's scaled objective, a
+  constant multiple of the paper's, ends in a wrong basin after S steps: 5.6 dB, measured, where
+  the unscaled loop happens to reach 39.7 dB; the second draw recovers the image.)
 - baseline: DLG's loop as the paper gives it (Algorithm 1), written plainly: an L-BFGS closure
   that builds the dummy gradient with ``torch.autograd.grad(..., create_graph=True)``, sums
   ``(g - g*)^2`` over the parameter tensors and calls ``backward``.
@@ -85,10 +90,10 @@ def paper_loop(
     return dummy.detach()
 
 
-def ours(model: nn.Module, target: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
-    config = attacks.DLGConfig(steps=steps, tol=0.0, retries=0)
+def ours(model: nn.Module, target: torch.Tensor, steps: int, seed: int) -> attacks.Reconstruction:
+    config = attacks.DLGConfig(steps=steps, tol=0.0)
     generator = torch.Generator().manual_seed(seed)
-    return attacks.dlg(model, target, config=config, generator=generator).images
+    return attacks.dlg(model, target, config=config, generator=generator)
 
 
 def same_objective(model: nn.Module, target: torch.Tensor, shape: tuple[int, ...]) -> bool:
@@ -119,8 +124,10 @@ def run(settings: Settings) -> list[Row]:
     objective = same_objective(model, target, shape)
 
     tic = time.perf_counter()
-    reconstructed = ours(model, target, steps, seed)
+    recovered = ours(model, target, steps, seed)
     t_ours = time.perf_counter() - tic
+    reconstructed, attempts = recovered.images, len(recovered.trial_losses)
+    ours_steps = steps * attempts  # no early stop (tol 0): every attempt runs all S steps
     tic = time.perf_counter()
     baseline = paper_loop(model, target, shape, steps, seed)
     t_loop = time.perf_counter() - tic
@@ -137,17 +144,18 @@ def run(settings: Settings) -> list[Row]:
             f"LeNet 3x32x32 d={target.numel()} 1 image, {steps} L-BFGS steps",
             "dlg",
             "paper loop",
-            time_s=t_ours / steps,
+            time_s=t_ours / ours_steps,
             baseline_s=t_loop / steps,
-            speedup=t_loop / t_ours,
+            speedup=(t_loop / steps) / (t_ours / ours_steps),
             metric="iterations/s",
-            value=steps / t_ours,
+            value=ours_steps / t_ours,
             correct=objective if settings.quick else objective and reached,
             target="speedup >= 1",
-            met=t_loop / t_ours >= 1.0,
+            met=(t_loop / steps) / (t_ours / ours_steps) >= 1.0,
             note=(
-                f"checked: {checked}; PSNR {psnr_ours:.1f} dB (ours) vs {psnr_loop:.1f} dB "
-                f"(loop); loop {steps / t_loop:.2f} it/s; time_s is per iteration"
+                f"checked: {checked}; PSNR {psnr_ours:.1f} dB (ours, {attempts} attempt(s)) vs "
+                f"{psnr_loop:.1f} dB (loop); loop {steps / t_loop:.2f} it/s; time_s is per "
+                "iteration"
             ),
         )
     ]
