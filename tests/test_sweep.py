@@ -210,7 +210,10 @@ def test_a_folder_of_another_schema_fails_before_anything_runs(tmp_path):
 # --------------------------------------------------------------------------- interruptions
 
 SWEEP_SCRIPT = """
-import functools, sys
+import functools, signal, sys
+# Python's own Ctrl-C handler, as in a terminal: a launcher running in the background (nohup,
+# `cmd &` in a script) passes SIGINT down ignored, and the child would keep ignoring it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from dpbr_lib import sweep
 from test_sweep import fake_train, grid_of
