@@ -480,17 +480,15 @@ def honest_gradients(
 ) -> torch.Tensor:
     """Each honest worker's clipped gradient ``Tensor[h, d]`` from its batch ``x: [h, b, ...]``.
 
-    One vectorized per-sample gradient call over the h·b stacked samples: clipped and averaged
-    per worker from the per-parameter blocks (:func:`dpbr_lib.privacy.clipped_mean_gradients`)
-    in the ``per_sample`` mode, else reshaped ``[h, b, d]`` and averaged.
+    ``per_sample`` mode: one vectorized per-sample gradient call over the h·b stacked samples,
+    clipped and averaged per worker from the per-parameter blocks
+    (:func:`dpbr_lib.privacy.clipped_mean_gradients`). The other modes need no per-sample
+    gradient: one call vectorized over the workers gives each worker's batch gradient
+    (:func:`dpbr_lib.privacy.worker_mean_gradients`), clipped as a whole in the ``batch`` mode.
     """
     if clip_mode == "per_sample":
         return privacy.clipped_mean_gradients(model, loss_fn, x, y, clip)  # [h, d]
-    h, b = y.shape
-    per_sample = privacy.flat_per_sample_gradients(
-        model, loss_fn, x.reshape(h * b, *x.shape[2:]), y.reshape(h * b)
-    ).view(h, b, -1)  # [h, b, d]
-    gradients = per_sample.mean(dim=1)  # [h, d], each worker's batch gradient
+    gradients = privacy.worker_mean_gradients(model, loss_fn, x, y)  # [h, d]
     if clip_mode == "batch":
         return privacy.clip_batch_gradient(gradients, clip)  # [h, d]
     return gradients

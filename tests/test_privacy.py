@@ -78,6 +78,29 @@ def test_clipped_mean_gradients_equal_clipping_the_flat_matrix(batch, clip):
     assert (got.norm(dim=1) <= clip * (1 + 1e-5)).all()
 
 
+def test_clipped_mean_gradients_in_chunks_of_samples_give_the_same_means(batch, monkeypatch):
+    model = tiny_cnn()
+    x, y = batch
+    grouped = (x.view(2, 3, *x.shape[1:]), y.view(2, 3))  # 2 workers of 3 samples
+    whole = P.clipped_mean_gradients(model, nn.functional.cross_entropy, *grouped, 0.5)
+    d = P.num_parameters(model)
+    monkeypatch.setattr(P, "PER_SAMPLE_CHUNK_ELEMENTS", 2 * d)  # one sample per worker a chunk
+    chunked = P.clipped_mean_gradients(model, nn.functional.cross_entropy, *grouped, 0.5)
+    torch.testing.assert_close(chunked, whole, atol=1e-7, rtol=1e-5)
+
+
+def test_worker_mean_gradients_are_the_mean_of_the_per_sample_gradients(batch):
+    model = tiny_cnn()
+    x, y = batch
+    flat = P.flat_per_sample_gradients(model, nn.functional.cross_entropy, x, y)  # [6, d]
+    got = P.worker_mean_gradients(
+        model, nn.functional.cross_entropy, x.view(3, 2, *x.shape[1:]), y.view(3, 2)
+    )
+    torch.testing.assert_close(got, flat.view(3, 2, -1).mean(dim=1), atol=1e-7, rtol=1e-5)
+    with pytest.raises(ValueError, match="'targets'"):
+        P.worker_mean_gradients(model, nn.functional.cross_entropy, x, y)
+
+
 def test_clipped_mean_gradients_reject_bad_shapes_before_any_work(batch):
     model = tiny_cnn()
     x, y = batch
