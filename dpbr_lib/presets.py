@@ -226,8 +226,9 @@ BATCH_VS_DIM = dataclasses.replace(
     ),
     settings=(_frozen({"rule": "mda", "attack": "none"}),),
     profiles=_frozen({
-        # MNIST: d = 1,762 (width 2) ... 1,682,954 (width 64); per-sample gradients need h·b·d
-        # floats, 75 GB at width 64 and b = 1000
+        # MNIST: d = 1,762 (width 2) ... 1,682,954 (width 64); per-sample gradients would need
+        # h·b·d floats, 75 GB at width 64 and b = 1000, so they are taken in chunks of samples
+        # (privacy.PER_SAMPLE_CHUNK_ELEMENTS, 1 GiB)
         "paper": dataclasses.replace(
             PAPER, epsilons=(BATCH_VS_DIM_EPSILON,), widths=(2, 4, 8, 16, 32, 64),
             batch_sizes=(10, 25, 50, 100, 250, 500, 1000),
