@@ -167,11 +167,12 @@ def _pair_positions(n: int, subsets: np.ndarray) -> np.ndarray:
     return n * a - a * (a + 1) // 2 + b - a - 1
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _subset_tables(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every subset of ``size`` of n rows in lexicographic order, ``[C, size]``, and its pairs'
     positions in the condensed distances, ``[C, P]`` (cached: a training run calls MDA with
-    the same (n, f) at every step)."""
+    the same (n, f) at every step; each table holds at most ``MDA_CHUNK_ELEMENTS`` int64, 32 MiB,
+    so the cache stays under 300 MiB)."""
     subsets = np.fromiter(
         itertools.chain.from_iterable(itertools.combinations(range(n), size)), dtype=np.int64
     ).reshape(-1, size)  # [C, size]
