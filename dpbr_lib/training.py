@@ -413,7 +413,7 @@ def spread(gradients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     if h > 1:
         ratio = distances.square().sum().div(h - 1).sqrt() / torch.linalg.vector_norm(mean)
     else:
-        ratio = torch.tensor(math.nan)
+        ratio = gradients.new_full((), math.nan)
     return norms.mean(), distances.mean(), ratio
 
 

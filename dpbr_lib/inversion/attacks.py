@@ -358,7 +358,8 @@ def _normalisation(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     for module in model.modules():
         if isinstance(module, Normalize):
             return module.mean, module.std
-    return torch.zeros(()), torch.ones(())
+    device = next(model.parameters()).device
+    return torch.zeros((), device=device), torch.ones((), device=device)
 
 
 def inverting_gradients(
