@@ -10,11 +10,12 @@ they add up?", Algorithm 1), with n workers of which f are declared and f_real a
    shard of ⌊N/n⌋ samples per worker). Draws are independent across workers and steps, from the
    run's seeded generator. (The reference walks through one shuffled epoch, so its batches of one
    step are disjoint; independent uniform draws are what the privacy accountant assumes.)
-2. **gradients** — the per-sample gradients of all h·b samples in ONE ``torch.func`` call
-   (:func:`dpbr_lib.privacy.flat_per_sample_gradients` on the stacked batches, reshaped
-   ``[h, b, d]``); then ``clip_mode="per_sample"``: each clipped to norm C and averaged (Abadi et
-   al. 2016), ``"batch"``: averaged then the worker's gradient clipped to C (the reference's; no
-   DP guarantee), ``"none"``: averaged.
+2. **gradients** — ``clip_mode="per_sample"``: the per-sample gradients of all h·b samples in
+   ONE ``torch.func`` call on the stacked batches, each clipped to norm C and averaged per worker
+   (Abadi et al. 2016; :func:`dpbr_lib.privacy.clipped_mean_gradients`, in chunks of samples for
+   large h·b·d); ``"batch"``: each worker's batch gradient, from one call vectorized over the
+   workers (:func:`dpbr_lib.privacy.worker_mean_gradients`), clipped to C (the reference's; no
+   DP guarantee); ``"none"``: that batch gradient as it is.
 3. **privacy** — ``"gaussian"``: N(0, σ²I) added to each honest gradient, σ from (ε, δ) and the
    sensitivity Δ = 2C/b (:func:`dpbr_lib.privacy.gaussian_sigma`); ``"sparsify"``: top-k or
    random-k coordinates kept; ``"none"``.
