@@ -101,21 +101,37 @@ def per_sample_gradient_blocks(
             f"The 'targets' parameter must have the batch size of 'inputs' ({inputs.shape[0]}). "
             f"Got shape {tuple(getattr(targets, 'shape', ()))} instead."
         )
+    return _vmapped_gradient_blocks(model, loss_fn, inputs, targets, one_sample_each=True)
+
+
+def _vmapped_gradient_blocks(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    one_sample_each: bool,
+) -> list[torch.Tensor]:
+    """``torch.func.vmap(grad(...))`` over dim 0 of ``inputs`` / ``targets`` of the loss of a
+    ``functional_call`` of the model, one block ``Tensor[N, d_k]`` per trainable parameter.
+    ``one_sample_each``: each slice is one sample, fed as a batch of one (per-sample gradients);
+    else each slice is already a batch (one worker's mini-batch gradient)."""
     params = {k: v.detach() for k, v in _trainable(model).items()}
     if not params:
         raise ValueError("The 'model' parameter must have at least one trainable parameter.")
     frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
     buffers = dict(model.named_buffers())
 
-    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(model, (p, frozen, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+    def slice_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if one_sample_each:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        return loss_fn(torch.func.functional_call(model, (p, frozen, buffers), (x,)), y)
 
-    grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))(
+    grads = torch.func.vmap(torch.func.grad(slice_loss), in_dims=(None, 0, 0))(
         params, inputs, targets
-    )  # name -> [B, *shape]
-    batch = inputs.shape[0]
-    return [grads[k].reshape(batch, -1) for k in params]  # [B, d_k] each
+    )  # name -> [N, *shape]
+    count = inputs.shape[0]
+    return [grads[k].reshape(count, -1) for k in params]  # [N, d_k] each
 
 
 def flat_per_sample_gradients(
@@ -199,20 +215,9 @@ def worker_mean_gradients(
     samples) from ``inputs: [h, b, ...]`` and ``targets: [h, b]``: one ``torch.func.vmap`` over
     the h workers, so no per-sample gradient is formed (what the unclipped and the batch-clipped
     modes need). Equal to the mean over b of :func:`flat_per_sample_gradients`."""
-    h, _ = _check_worker_batches(inputs, targets)
-    params = {k: v.detach() for k, v in _trainable(model).items()}
-    if not params:
-        raise ValueError("The 'model' parameter must have at least one trainable parameter.")
-    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
-    buffers = dict(model.named_buffers())
-
-    def worker_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_fn(torch.func.functional_call(model, (p, frozen, buffers), (x,)), y)
-
-    grads = torch.func.vmap(torch.func.grad(worker_loss), in_dims=(None, 0, 0))(
-        params, inputs, targets
-    )  # name -> [h, *shape]
-    return torch.cat([grads[k].reshape(h, -1) for k in params], dim=1)  # [h, d]
+    _check_worker_batches(inputs, targets)
+    blocks = _vmapped_gradient_blocks(model, loss_fn, inputs, targets, one_sample_each=False)
+    return torch.cat(blocks, dim=1)  # [h, d]
 
 
 # --------------------------------------------------------------------------------------------- #
