@@ -207,3 +207,20 @@ class Machine:
             f"{self.cores} cores (nproc), torch {self.torch_version} with "
             f"{self.torch_threads} threads, 1-min load average {self.load_average:.1f}"
         )
+
+
+def run_as_script(
+    run: Callable[[Settings], list[Row]], doc: str | None, quick: bool = True
+) -> None:
+    """A topic script's ``__main__``: parse ``--quick`` (unless ``quick`` is False), run, print
+    the rows as a table."""
+    import argparse
+
+    import pandas as pd
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    if quick:
+        parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rows = run(Settings.make(bool(getattr(args, "quick", False))))
+    print(pd.DataFrame([r.as_dict() for r in rows]).to_string())

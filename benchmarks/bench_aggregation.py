@@ -31,7 +31,6 @@ Baselines:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import itertools
@@ -41,7 +40,7 @@ import types
 from collections.abc import Callable
 
 import torch
-from _harness import Row, Settings, allclose, compare
+from _harness import Row, Settings, allclose, compare, run_as_script
 
 from dpbr_lib import aggregators
 
@@ -242,39 +241,31 @@ def _rule_rows(
     method = (label, lambda: agg(x, f))
     check = _check_for(rule, x)
     rows = []
+    # (name, function, target, whether a skipped run still gets a row saying why)
+    baselines: list[tuple[str, Callable | None, str | None, bool]] = []
     byzfl = _byzfl(rule)
     if byzfl is not None or rule == "bulyan":
-        why = _baseline_skipped(rule, "byzfl", n, f, d)
-        if why:
-            rows.append(compare(TOPIC, case, method, None, settings, note=why))
-        else:
-            rows.append(
-                compare(
-                    TOPIC,
-                    case,
-                    method,
-                    ("byzfl", lambda: byzfl(x, f)),
-                    settings,
-                    target=TARGET_BYZFL,
-                    check=check,
-                )
-            )
-    loop = LOOPS.get(rule)
-    if loop is not None:
-        why = _baseline_skipped(rule, "loop", n, f, d)
+        baselines.append(("byzfl", byzfl, TARGET_BYZFL, True))
+    if rule in LOOPS:
         target = TARGET_LOOP_MDA if rule == "mda" and (n, f) == (11, 5) else None
-        if not why:  # where the loop is not run, the module docstring says why
-            rows.append(
-                compare(
-                    TOPIC,
-                    case,
-                    method,
-                    ("loop", lambda: loop(x, f)),
-                    settings,
-                    target=target,
-                    check=check,
-                )
+        baselines.append(("loop", LOOPS[rule], target, False))
+    for name, baseline, target, report_skip in baselines:
+        why = _baseline_skipped(rule, name, n, f, d)
+        if why:  # a skipped loop is explained in the module docstring, a skipped byzfl in a row
+            if report_skip:
+                rows.append(compare(TOPIC, case, method, None, settings, note=why))
+            continue
+        rows.append(
+            compare(
+                TOPIC,
+                case,
+                method,
+                (name, lambda baseline=baseline: baseline(x, f)),
+                settings,
+                target=target,
+                check=check,
             )
+        )
     return rows
 
 
@@ -311,12 +302,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import pandas as pd
-
-    settings = Settings.make(args.quick)
-    rows = run(settings)
-    table = pd.DataFrame([r.as_dict() for r in rows])
-    print(table.to_string())
+    run_as_script(run, __doc__)

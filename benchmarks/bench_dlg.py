@@ -25,13 +25,12 @@ on 2 cores); iterations/s is S over that wall time.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _harness import Row, Settings, allclose
+from _harness import Row, Settings, allclose, run_as_script
 from torch import nn
 
 from dpbr_lib.inversion import attacks, gradients, images, metrics
@@ -162,10 +161,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import pandas as pd
-
-    table = pd.DataFrame([r.as_dict() for r in run(Settings.make(args.quick))])
-    print(table.to_string())
+    run_as_script(run, __doc__)

@@ -17,10 +17,8 @@ magnitude.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _harness import Row, Settings, time_interleaved
+from _harness import Row, Settings, run_as_script, time_interleaved
 from bench_per_sample import HONEST, make_step, models_for, ours
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -89,10 +87,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import pandas as pd
-
-    table = pd.DataFrame([r.as_dict() for r in run(Settings.make(args.quick))])
-    print(table.to_string())
+    run_as_script(run, __doc__)

@@ -20,14 +20,13 @@ at b = 50; ours no slower than Opacus.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _harness import Row, Settings, allclose, compare
+from _harness import Row, Settings, allclose, compare, run_as_script
 from torch import nn
 
 from dpbr_lib import models, privacy, training
@@ -165,12 +164,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import pandas as pd
-
-    settings = Settings.make(args.quick)
-    rows = run(settings)
-    table = pd.DataFrame([r.as_dict() for r in rows])
-    print(table.to_string())
+    run_as_script(run, __doc__)

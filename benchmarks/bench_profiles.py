@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from _harness import Row, Settings, report
+from _harness import Row, Settings, report, run_as_script
 
 from dpbr_lib.cli import build_parser
 
@@ -103,9 +103,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
-    import pandas as pd
-
-    table = pd.DataFrame([r.as_dict() for r in run(Settings.make(False))])
-    print(table.to_string())
+    run_as_script(run, __doc__, quick=False)

@@ -16,10 +16,9 @@ is the mean of ``train``'s own per-step timers (``time_gradients``, ``time_priva
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
-from _harness import Row, Settings
+from _harness import Row, Settings, run_as_script
 
 from dpbr_lib import training
 
@@ -96,10 +95,4 @@ def run(settings: Settings) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import pandas as pd
-
-    table = pd.DataFrame([r.as_dict() for r in run(Settings.make(args.quick))])
-    print(table.to_string())
+    run_as_script(run, __doc__)
