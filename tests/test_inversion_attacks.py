@@ -30,13 +30,7 @@ from dpbr_lib.inversion.images import load_images
 from dpbr_lib.inversion.metrics import FAIL_PSNR_DB, psnr, score
 from dpbr_lib.inversion.models import build_model, default_init_
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _target(model_name, images, seed=0, defense=NO_DEFENSE):

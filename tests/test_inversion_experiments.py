@@ -15,13 +15,7 @@ from dpbr_lib.inversion import plots
 from dpbr_lib.inversion.attacks import DLGConfig, IGConfig
 from dpbr_lib.inversion.defenses import training_sigma
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 #: A profile short enough for tests (the attacks' quality is tested in test_inversion_attacks).
