@@ -32,12 +32,16 @@ TRIM_THRESHOLD = 1 << 30
 SWITCH_VARIABLE = "DPBR_KEEP_FREED_MEMORY"
 
 
+def _switched_off() -> bool:
+    return os.environ.get(SWITCH_VARIABLE, "1") == "0"
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap threshold to :data:`MMAP_THRESHOLD` and its trim threshold to
     :data:`TRIM_THRESHOLD` for this process, once. True if both were set; False where the C
     library is not glibc or ``DPBR_KEEP_FREED_MEMORY=0``."""
-    if os.environ.get(SWITCH_VARIABLE, "1") == "0":
+    if _switched_off():
         return False
     name = ctypes.util.find_library("c")
     if name is None:
@@ -55,7 +59,7 @@ def keep_freed_memory() -> bool:
 def environment() -> dict[str, str]:
     """The environment variables that give a child process the same settings from its start
     (empty when ``DPBR_KEEP_FREED_MEMORY=0``)."""
-    if os.environ.get(SWITCH_VARIABLE, "1") == "0":
+    if _switched_off():
         return {}
     return {
         "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),

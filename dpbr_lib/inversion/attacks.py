@@ -35,7 +35,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -125,6 +125,10 @@ class Reconstruction:
     diverged: int = 0  # trials that ended in NaN/Inf and were restarted
     retried: int = 0  # DLG attempts that ended above ``accept`` (no fit) and were retried
     seconds: float = 0.0  # wall time of the whole attack
+
+    def cpu(self) -> Reconstruction:
+        """The same record with its images and labels on the CPU (for scoring and plots)."""
+        return replace(self, images=self.images.cpu(), labels=self.labels.cpu())
 
 
 def _dummy(

@@ -172,8 +172,7 @@ def _invert(
     rec = ATTACKS.get(attack)(
         model, target, num_images=len(images), labels=labels, config=config, defense=defense,
         generator=generator, progress=progress,
-    )
-    rec = replace(rec, images=rec.images.cpu(), labels=rec.labels.cpu())
+    ).cpu()
     scores = score(rec.images, images.images, reconstructed_labels=rec.labels, labels=images.labels)
     table = pd.DataFrame(
         {
@@ -473,8 +472,7 @@ def krum_vs_average(
         rec = ATTACKS.get(attack)(
             model, aggregate, num_images=len(subset), config=config, defense=defense,
             generator=generator, progress=progress,
-        )
-        rec = replace(rec, images=rec.images.cpu(), labels=rec.labels.cpu())
+        ).cpu()
         scores = score(rec.images, originals.images)
         table = pd.DataFrame(
             {
