@@ -22,9 +22,13 @@ def _in_child(code: str, **env: str) -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_sets_glibc_thresholds_once_and_can_be_switched_off():
-    code = "from dpbr_lib import allocator; print(allocator.keep_freed_memory())"
-    assert _in_child(code) == "True"
-    assert _in_child(code, DPBR_KEEP_FREED_MEMORY="0") == "False"
+    code = (
+        "from dpbr_lib import allocator; first = allocator.keep_freed_memory();"
+        "second = allocator.keep_freed_memory();"
+        "print(first, second, allocator.keep_freed_memory.cache_info().misses)"
+    )
+    assert _in_child(code) == "True True 1"  # mallopt is called by the first call only
+    assert _in_child(code, DPBR_KEEP_FREED_MEMORY="0") == "False False 1"
 
 
 def test_environment_names_glibc_variables_unless_switched_off(monkeypatch):
